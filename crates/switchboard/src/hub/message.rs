@@ -1,0 +1,181 @@
+//! A message on its way to one or more recipients.
+//!
+//! A [`Message`] is built once by whoever sends it and shared (`Arc`) by every
+//! recipient's outbox. Its wire encodings are computed at most once per wire
+//! shape, by the first writer that needs them, and reused by all the others:
+//! a broadcast to 10,000 clients is serialised once, not 10,000 times.
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use switchboard_protocol::v1::{self, EncodedDelivery, PresenceEvent};
+use switchboard_protocol::{binary, classic, ClientName, RoomName};
+
+/// What a message says and who it is from; the sender is always the hub's
+/// record of who sent it, never what the client claimed.
+#[derive(Debug)]
+pub enum Body {
+    /// A private message.
+    Direct {
+        /// The sender.
+        from: ClientName,
+        /// The recipient.
+        to: ClientName,
+        /// The text.
+        text: String,
+    },
+    /// A message published to a room.
+    Room {
+        /// The room.
+        room: RoomName,
+        /// The sender; `None` when the operator published.
+        from: Option<ClientName>,
+        /// The text.
+        text: String,
+    },
+    /// A message from the operator (HTTP API).
+    Server {
+        /// The text.
+        text: String,
+        /// Sent to every client.
+        broadcast: bool,
+    },
+    /// A presence change, for subscribers.
+    Presence {
+        /// The room, or `None` for global presence.
+        room: Option<RoomName>,
+        /// Who.
+        name: ClientName,
+        /// Joined or left.
+        event: PresenceEvent,
+    },
+    /// A binary payload to a client or a room.
+    Binary {
+        /// The sender.
+        from: ClientName,
+        /// The room, when published to one.
+        room: Option<RoomName>,
+        /// The payload, shared by every recipient.
+        payload: Bytes,
+    },
+}
+
+/// A message and its cached encodings.
+#[derive(Debug)]
+pub struct Message {
+    /// Hub time when the message was accepted, ms since the Unix epoch.
+    ts: u64,
+    /// The content.
+    body: Body,
+    /// The classic text frame; `None` for messages classic clients never get.
+    classic: OnceLock<Option<String>>,
+    /// The v1 frame minus `seq`.
+    v1: OnceLock<EncodedDelivery>,
+}
+
+/// Milliseconds since the Unix epoch, by the hub's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Message {
+    /// Stamps `body` with the current time.
+    pub fn new(body: Body) -> Message {
+        Message { ts: now_ms(), body, classic: OnceLock::new(), v1: OnceLock::new() }
+    }
+
+    /// The content.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Hub time at acceptance.
+    pub fn ts(&self) -> u64 {
+        self.ts
+    }
+
+    /// A size estimate used to charge the recipient's outbox.
+    pub fn approximate_size(&self) -> usize {
+        match &self.body {
+            Body::Direct { text, .. } | Body::Room { text, .. } | Body::Server { text, .. } => {
+                text.len() + 96
+            }
+            Body::Presence { .. } => 128,
+            Body::Binary { payload, .. } => payload.len() + 96,
+        }
+    }
+
+    /// The text a classic client receives, encoded once and shared.
+    /// `None` for presence events and binary payloads.
+    pub fn classic_text(&self) -> Option<&str> {
+        self.classic
+            .get_or_init(|| match &self.body {
+                Body::Direct { from, to, text } => {
+                    Some(classic::encode_direct(from.as_str(), to.as_str(), text))
+                }
+                Body::Room { room, from, text } => Some(classic::encode_room(
+                    room.as_str(),
+                    from.as_ref().map_or("server", ClientName::as_str),
+                    text,
+                )),
+                Body::Server { text, .. } => Some(text.clone()),
+                Body::Presence { .. } | Body::Binary { .. } => None,
+            })
+            .as_deref()
+    }
+
+    /// The v1 text frame for the recipient's `seq`. `None` for binary payloads.
+    pub fn v1_text(&self, seq: u64) -> Option<String> {
+        let delivery = match &self.body {
+            Body::Binary { .. } => return None,
+            _ => self.v1.get_or_init(|| self.delivery().encode_tail(self.ts)),
+        };
+        Some(v1::frame(delivery, seq))
+    }
+
+    /// The v1 binary frame for the recipient's `seq`, or `None` for text messages.
+    pub fn v1_binary(&self, seq: u64) -> Option<Bytes> {
+        match &self.body {
+            Body::Binary { from, room, payload } => Some(binary::encode_incoming(
+                seq,
+                self.ts,
+                from.as_str(),
+                room.as_ref().map(RoomName::as_str),
+                payload,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The payload a classic client gets for a binary message: the bytes alone.
+    pub fn classic_binary(&self) -> Option<Bytes> {
+        match &self.body {
+            Body::Binary { payload, .. } => Some(payload.clone()),
+            _ => None,
+        }
+    }
+
+    fn delivery(&self) -> v1::Delivery<'_> {
+        match &self.body {
+            Body::Direct { from, to, text } => {
+                v1::Delivery::Dm { from: from.as_str(), to: to.as_str(), text }
+            }
+            Body::Room { room, from, text } => v1::Delivery::Room {
+                room: room.as_str(),
+                from: from.as_ref().map(ClientName::as_str),
+                text,
+            },
+            Body::Server { text, broadcast } => {
+                v1::Delivery::Server { text, broadcast: *broadcast }
+            }
+            Body::Presence { room, name, event } => v1::Delivery::Presence {
+                room: room.as_ref().map(RoomName::as_str),
+                name: name.as_str(),
+                event: *event,
+            },
+            // Callers handle binary before asking for a text delivery.
+            Body::Binary { .. } => v1::Delivery::Server { text: "", broadcast: false },
+        }
+    }
+}

@@ -1,0 +1,927 @@
+//! The hub: who is online, which rooms exist, and where each message goes.
+//!
+//! [`Hub`] is a cheap-to-clone handle to the shared state, in the style of
+//! mini-redis's `Db`. Every surface — WebSocket sessions, the operator API,
+//! the event stream — is a client of its methods. The hub knows nothing of
+//! HTTP, axum or sockets: it moves [`Message`]s into bounded [`Outbox`]es and
+//! never waits. A session's writer task turns them into frames.
+//!
+//! **Invariants**
+//! - The sender of every message is the hub's record of who sent it
+//!   (a [`ClientName`] bound to the session at registration), never a
+//!   client-supplied field.
+//! - One sender's messages reach each recipient in the order sent: a sender's
+//!   reader routes sequentially and each outbox is FIFO.
+//! - Memory per client is bounded by its outbox byte limit; a recipient that
+//!   does not keep up is disconnected rather than buffered without bound.
+//! - The state lock is a `std::sync::Mutex`, held for map operations and
+//!   non-blocking pushes only, never across an `.await`.
+
+mod event;
+mod message;
+mod outbox;
+pub mod rate;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use switchboard_protocol::v1::PresenceEvent;
+use switchboard_protocol::{close, ClientName, NameError, RoomName};
+use tokio::sync::broadcast;
+
+pub use event::{EventKind, HubEvent};
+pub use message::{now_ms, Body, Message};
+pub use outbox::{outbox, Closer, Outbox, OutboxReceiver, Outgoing, PushError};
+
+/// How many events a slow `/api/events` subscriber may fall behind before it
+/// is told it missed some.
+const EVENT_BUFFER: usize = 4096;
+
+/// The limits the hub enforces on its own state.
+#[derive(Debug, Clone)]
+pub struct HubLimits {
+    /// Bytes a client's outbox may hold before it is disconnected.
+    pub max_queued_bytes: usize,
+    /// Longest client or room name, in characters.
+    pub max_name_chars: usize,
+    /// Rooms one client may be in at once.
+    pub max_rooms_per_client: usize,
+    /// Members one room may hold.
+    pub max_members_per_room: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_name_chars: switchboard_protocol::name::DEFAULT_MAX_NAME_CHARS,
+            max_rooms_per_client: 100,
+            max_members_per_room: 10_000,
+        }
+    }
+}
+
+/// Which wire protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The Qt tutorial's protocol.
+    Classic,
+    /// Protocol v1 (`switchboard.v1`).
+    V1,
+}
+
+impl Protocol {
+    /// A short name for logs and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Classic => "classic",
+            Protocol::V1 => "v1",
+        }
+    }
+}
+
+/// Why a session ended; maps to a WebSocket close code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server is shutting down.
+    Shutdown,
+    /// A text frame was not valid UTF-8.
+    InvalidUtf8,
+    /// A message exceeded the size limit.
+    TooBig {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The peer broke the WebSocket protocol.
+    ProtocolError(String),
+    /// The client's outbox overflowed: it does not read fast enough.
+    SlowConsumer {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An operator disconnected the client.
+    Kicked(String),
+    /// No answer to pings within the keepalive timeout.
+    KeepaliveTimeout,
+    /// The client kept exceeding its rate limit.
+    RateLimited,
+    /// The client closed the connection.
+    PeerClosed {
+        /// The client's close code, if it sent one.
+        code: Option<u16>,
+        /// The client's close reason.
+        reason: String,
+    },
+    /// The connection failed (I/O error, reset).
+    Dropped(String),
+}
+
+impl CloseReason {
+    /// The close code to send, or `None` when no close frame can or should be sent.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            CloseReason::Shutdown => Some(close::GOING_AWAY),
+            CloseReason::InvalidUtf8 => Some(close::INVALID_PAYLOAD),
+            CloseReason::TooBig { .. } => Some(close::MESSAGE_TOO_BIG),
+            CloseReason::ProtocolError(_) => Some(close::PROTOCOL_ERROR),
+            CloseReason::SlowConsumer { .. } | CloseReason::RateLimited => {
+                Some(close::POLICY_VIOLATION)
+            }
+            CloseReason::Kicked(_) => Some(close::KICKED),
+            CloseReason::KeepaliveTimeout => Some(close::KEEPALIVE_TIMEOUT),
+            CloseReason::PeerClosed { code, .. } => *code,
+            CloseReason::Dropped(_) => None,
+        }
+    }
+
+    /// The human-readable reason, sent in the close frame (at most 123 bytes).
+    pub fn text(&self) -> String {
+        match self {
+            CloseReason::Shutdown => "server shutting down".into(),
+            CloseReason::InvalidUtf8 => "text frame is not valid UTF-8".into(),
+            CloseReason::TooBig { limit } => format!("message exceeds {limit} bytes"),
+            CloseReason::ProtocolError(detail) => format!("protocol error: {detail}"),
+            CloseReason::SlowConsumer { limit } => {
+                format!("outgoing queue exceeded {limit} bytes: client too slow")
+            }
+            CloseReason::Kicked(reason) if reason.is_empty() => "disconnected by operator".into(),
+            CloseReason::Kicked(reason) => format!("disconnected by operator: {reason}"),
+            CloseReason::KeepaliveTimeout => "no pong within keepalive timeout".into(),
+            CloseReason::RateLimited => "rate limit exceeded repeatedly".into(),
+            CloseReason::PeerClosed { reason, .. } if reason.is_empty() => "client closed".into(),
+            CloseReason::PeerClosed { reason, .. } => format!("client closed: {reason}"),
+            CloseReason::Dropped(detail) => format!("connection lost: {detail}"),
+        }
+    }
+
+    /// True when the server initiates the close and drains nothing (the
+    /// queue is the problem, or the peer is gone).
+    pub fn discards_queue(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::SlowConsumer { .. }
+                | CloseReason::PeerClosed { .. }
+                | CloseReason::Dropped(_)
+                | CloseReason::KeepaliveTimeout
+        )
+    }
+}
+
+/// Why a message could not be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No client of that name is online.
+    #[error("{0} is not online")]
+    Offline(String),
+    /// The name given is not a valid name.
+    #[error("invalid name {name:?}: {error}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it is invalid.
+        error: NameError,
+    },
+    /// The sender is not a member of the room.
+    #[error("not a member of room {0}")]
+    NotMember(String),
+    /// The room does not exist.
+    #[error("no room named {0}")]
+    NoSuchRoom(String),
+    /// A room or membership limit was reached.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The recipient's queue overflowed; it is being disconnected.
+    #[error("{0} is not reading fast enough and is being disconnected")]
+    RecipientOverflow(String),
+}
+
+/// Why a client could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The name is already online.
+    #[error("name {0:?} is already online")]
+    NameTaken(String),
+}
+
+/// A connected client as the hub sees it; shared by the hub and the session.
+#[derive(Debug)]
+pub struct Client {
+    /// The validated name, stamped on everything this client sends.
+    name: ClientName,
+    /// Unique per server process; tells two sessions of the same name apart.
+    session: u64,
+    /// The remote address.
+    addr: SocketAddr,
+    /// Classic or v1.
+    protocol: Protocol,
+    /// When the handshake was accepted.
+    connected_at: SystemTime,
+    /// Where messages to this client go.
+    outbox: Outbox,
+    /// Messages received from the client (for the console).
+    messages_in: AtomicU64,
+    /// Messages queued to the client (for the console).
+    messages_out: AtomicU64,
+}
+
+impl Client {
+    /// The client's name.
+    pub fn name(&self) -> &ClientName {
+        &self.name
+    }
+    /// The session id.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+    /// The wire protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+    /// The remote address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The client's outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+    /// Counts one message received from this client.
+    pub fn count_in(&self) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn deliver(&self, message: &Arc<Message>) -> Result<(), PushError> {
+        self.outbox.push(Outgoing::Deliver(message.clone()))?;
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A snapshot of one client, for the operator API.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Name.
+    pub name: ClientName,
+    /// Session id.
+    pub session: u64,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Connected since.
+    pub connected_at: SystemTime,
+    /// Rooms joined, sorted.
+    pub rooms: Vec<RoomName>,
+    /// Messages received from the client.
+    pub messages_in: u64,
+    /// Messages queued to the client.
+    pub messages_out: u64,
+    /// Bytes waiting in its outbox.
+    pub queued_bytes: usize,
+}
+
+/// A snapshot of one room, for the operator API.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    /// Name.
+    pub name: RoomName,
+    /// Members, sorted.
+    pub members: Vec<ClientName>,
+}
+
+/// Handle to the hub's shared state. Clone it freely.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Clients, rooms and presence subscriptions, under one short-held lock.
+    state: Mutex<State>,
+    /// The operator's event feed.
+    events: broadcast::Sender<HubEvent>,
+    /// Limits on state and queues.
+    limits: HubLimits,
+    /// Source of session ids.
+    next_session: AtomicU64,
+    /// Messages accepted for routing since start (for metrics and the console).
+    routed: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    clients: HashMap<ClientName, Slot>,
+    rooms: HashMap<RoomName, Room>,
+    /// Clients subscribed to global presence.
+    presence: HashMap<ClientName, Arc<Client>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    client: Arc<Client>,
+    rooms: BTreeSet<RoomName>,
+    /// Rooms whose presence this client watches.
+    watching: BTreeSet<RoomName>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    members: HashMap<ClientName, Arc<Client>>,
+    watchers: HashMap<ClientName, Arc<Client>>,
+}
+
+impl Room {
+    fn is_unused(&self) -> bool {
+        self.members.is_empty() && self.watchers.is_empty()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(limits: HubLimits) -> Hub {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Hub {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                events,
+                limits,
+                next_session: AtomicU64::new(1),
+                routed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The limits this hub enforces.
+    pub fn limits(&self) -> &HubLimits {
+        &self.shared.limits
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way that matters more than refusing all service would.
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Validates a client-supplied name with this hub's length limit.
+    ///
+    /// # Errors
+    /// The rule the name breaks.
+    pub fn client_name(&self, raw: &str) -> Result<ClientName, NameError> {
+        ClientName::parse_with_limit(raw, self.shared.limits.max_name_chars)
+    }
+
+    /// Validates a client-supplied room name.
+    ///
+    /// # Errors
+    /// The rule the name breaks.
+    pub fn room_name(&self, raw: &str) -> Result<RoomName, NameError> {
+        RoomName::parse_with_limit(raw, self.shared.limits.max_name_chars)
+    }
+
+    /// Subscribes to hub events.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<HubEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Publishes an event to the operator feed (no-op without subscribers).
+    pub fn emit(&self, kind: EventKind) {
+        let _ = self.shared.events.send(HubEvent { at: SystemTime::now(), kind });
+    }
+
+    /// Messages accepted for routing since the hub started.
+    pub fn routed_count(&self) -> u64 {
+        self.shared.routed.load(Ordering::Relaxed)
+    }
+
+    /// Registers a client under `name`, reserving the name until the
+    /// returned [`Registration`] is dropped or [`Registration::leave`]s.
+    ///
+    /// # Errors
+    /// [`RegisterError::NameTaken`] when the name is online; the existing
+    /// client is not affected.
+    pub fn register(
+        &self,
+        name: ClientName,
+        addr: SocketAddr,
+        protocol: Protocol,
+    ) -> Result<(Registration, OutboxReceiver), RegisterError> {
+        let (outbox, receiver) = outbox(self.shared.limits.max_queued_bytes);
+        let client = Arc::new(Client {
+            name: name.clone(),
+            session: self.shared.next_session.fetch_add(1, Ordering::Relaxed),
+            addr,
+            protocol,
+            connected_at: SystemTime::now(),
+            outbox,
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+        });
+        {
+            let mut state = self.state();
+            if state.clients.contains_key(&name) {
+                return Err(RegisterError::NameTaken(name.to_string()));
+            }
+            state.clients.insert(
+                name.clone(),
+                Slot { client: client.clone(), rooms: BTreeSet::new(), watching: BTreeSet::new() },
+            );
+            let presence = Arc::new(Message::new(Body::Presence {
+                room: None,
+                name: name.clone(),
+                event: PresenceEvent::Join,
+            }));
+            for watcher in state.presence.values() {
+                let _ = watcher.deliver(&presence);
+            }
+        }
+        tracing::info!(%name, %addr, protocol = protocol.as_str(), "client joined");
+        self.emit(EventKind::Joined { name, addr, protocol });
+        Ok((Registration { hub: self.clone(), client, left: false }, receiver))
+    }
+
+    fn unregister(&self, client: &Arc<Client>, reason: &CloseReason) {
+        let name = client.name.clone();
+        let mut room_events = Vec::new();
+        {
+            let mut state = self.state();
+            // Only remove the slot if it is still this session's.
+            match state.clients.get(&name) {
+                Some(slot) if slot.client.session == client.session => {}
+                _ => return,
+            }
+            let Some(slot) = state.clients.remove(&name) else { return };
+            state.presence.remove(&name);
+            for room in &slot.watching {
+                if let Some(entry) = state.rooms.get_mut(room) {
+                    entry.watchers.remove(&name);
+                }
+            }
+            for room in slot.rooms {
+                Self::remove_member(&mut state, &room, &name);
+                room_events.push(room);
+            }
+            for room in &slot.watching {
+                if state.rooms.get(room).is_some_and(Room::is_unused) {
+                    state.rooms.remove(room);
+                }
+            }
+            let presence = Arc::new(Message::new(Body::Presence {
+                room: None,
+                name: name.clone(),
+                event: PresenceEvent::Leave,
+            }));
+            for watcher in state.presence.values() {
+                let _ = watcher.deliver(&presence);
+            }
+        }
+        let code = reason.code();
+        let text = reason.text();
+        tracing::info!(%name, code, reason = %text, "client left");
+        for room in room_events {
+            self.emit(EventKind::RoomLeft { name: name.clone(), room });
+        }
+        self.emit(EventKind::Left { name, code, reason: text });
+    }
+
+    /// Removes `name` from `room`, tells the room's watchers, drops the room if unused.
+    fn remove_member(state: &mut State, room: &RoomName, name: &ClientName) {
+        let Some(entry) = state.rooms.get_mut(room) else { return };
+        if entry.members.remove(name).is_none() {
+            return;
+        }
+        let presence = Arc::new(Message::new(Body::Presence {
+            room: Some(room.clone()),
+            name: name.clone(),
+            event: PresenceEvent::Leave,
+        }));
+        for watcher in entry.watchers.values() {
+            let _ = watcher.deliver(&presence);
+        }
+        if entry.is_unused() {
+            state.rooms.remove(room);
+        }
+    }
+
+    fn lookup(&self, to: &str) -> Result<Arc<Client>, RouteError> {
+        self.state()
+            .clients
+            .get(to)
+            .map(|slot| slot.client.clone())
+            .ok_or_else(|| RouteError::Offline(to.to_owned()))
+    }
+
+    fn deliver_one(&self, recipient: &Client, message: &Arc<Message>) -> Result<(), RouteError> {
+        self.shared.routed.fetch_add(1, Ordering::Relaxed);
+        recipient
+            .deliver(message)
+            .map_err(|_| RouteError::RecipientOverflow(recipient.name.to_string()))
+    }
+
+    /// Routes a private message from `from` to the client named `to`.
+    ///
+    /// # Errors
+    /// [`RouteError::Offline`] when `to` is not online;
+    /// [`RouteError::RecipientOverflow`] when its queue is full.
+    pub fn send_direct(&self, from: &Client, to: &str, text: String) -> Result<(), RouteError> {
+        let recipient = self.lookup(to)?;
+        let message = Arc::new(Message::new(Body::Direct {
+            from: from.name.clone(),
+            to: recipient.name.clone(),
+            text,
+        }));
+        self.deliver_one(&recipient, &message)
+    }
+
+    /// Routes a binary payload from `from` to the client named `to`.
+    ///
+    /// # Errors
+    /// As [`Hub::send_direct`].
+    pub fn send_binary(&self, from: &Client, to: &str, payload: Bytes) -> Result<(), RouteError> {
+        let recipient = self.lookup(to)?;
+        let message =
+            Arc::new(Message::new(Body::Binary { from: from.name.clone(), room: None, payload }));
+        self.deliver_one(&recipient, &message)
+    }
+
+    /// A client's message to the server: logged and published as an event.
+    pub fn to_server(&self, from: &Client, text: String) {
+        tracing::info!(from = %from.name, text = %text, "message to server");
+        self.emit(EventKind::ToServer { from: from.name.clone(), text });
+    }
+
+    /// Sends `text` from the operator to every connected client.
+    /// Returns how many clients it was queued for.
+    pub fn broadcast(&self, text: String) -> usize {
+        let message = Arc::new(Message::new(Body::Server { text, broadcast: true }));
+        let state = self.state();
+        let delivered =
+            state.clients.values().filter(|slot| slot.client.deliver(&message).is_ok()).count();
+        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+        delivered
+    }
+
+    /// Sends `text` from the operator to the client named `to`.
+    ///
+    /// # Errors
+    /// [`RouteError::Offline`] when `to` is not online.
+    pub fn send_to(&self, to: &str, text: String) -> Result<(), RouteError> {
+        let recipient = self.lookup(to)?;
+        let message = Arc::new(Message::new(Body::Server { text, broadcast: false }));
+        self.deliver_one(&recipient, &message)
+    }
+
+    /// Disconnects the client named `name` with close code 4000 and `reason`.
+    ///
+    /// # Errors
+    /// [`RouteError::Offline`] when `name` is not online.
+    pub fn disconnect(&self, name: &str, reason: String) -> Result<(), RouteError> {
+        let client = self.lookup(name)?;
+        tracing::info!(%name, %reason, "operator disconnects client");
+        client.outbox.closer().close(CloseReason::Kicked(reason));
+        Ok(())
+    }
+
+    /// Adds `client` to `room`, creating the room on first join. Joining a
+    /// room twice is not an error. Returns the room's members.
+    ///
+    /// # Errors
+    /// [`RouteError::InvalidName`] for a bad room name,
+    /// [`RouteError::LimitReached`] when a room or membership limit is hit.
+    pub fn join(&self, client: &Client, room: &str) -> Result<Vec<ClientName>, RouteError> {
+        let room = self
+            .room_name(room)
+            .map_err(|error| RouteError::InvalidName { name: room.into(), error })?;
+        let limits = &self.shared.limits;
+        let members = {
+            let mut state = self.state();
+            let state = &mut *state;
+            let Some(slot) = state.clients.get_mut(&client.name) else {
+                return Err(RouteError::Offline(client.name.to_string()));
+            };
+            if !slot.rooms.contains(&room) {
+                if slot.rooms.len() >= limits.max_rooms_per_client {
+                    return Err(RouteError::LimitReached(format!(
+                        "a client may be in at most {} rooms",
+                        limits.max_rooms_per_client
+                    )));
+                }
+                let entry = state.rooms.entry(room.clone()).or_default();
+                if entry.members.len() >= limits.max_members_per_room {
+                    if entry.is_unused() {
+                        state.rooms.remove(&room);
+                    }
+                    return Err(RouteError::LimitReached(format!(
+                        "room {room} is full ({} members)",
+                        limits.max_members_per_room
+                    )));
+                }
+                entry.members.insert(client.name.clone(), slot.client.clone());
+                slot.rooms.insert(room.clone());
+                let presence = Arc::new(Message::new(Body::Presence {
+                    room: Some(room.clone()),
+                    name: client.name.clone(),
+                    event: PresenceEvent::Join,
+                }));
+                for watcher in entry.watchers.values() {
+                    let _ = watcher.deliver(&presence);
+                }
+            }
+            sorted_names(state.rooms.get(&room).map(|r| r.members.keys()))
+        };
+        self.emit(EventKind::RoomJoined { name: client.name.clone(), room });
+        Ok(members)
+    }
+
+    /// Removes `client` from `room`; the room vanishes when empty.
+    ///
+    /// # Errors
+    /// [`RouteError::NotMember`] when the client is not in the room.
+    pub fn leave(&self, client: &Client, room: &str) -> Result<(), RouteError> {
+        let room_name = self
+            .room_name(room)
+            .map_err(|error| RouteError::InvalidName { name: room.into(), error })?;
+        {
+            let mut state = self.state();
+            let removed = state
+                .clients
+                .get_mut(&client.name)
+                .is_some_and(|slot| slot.rooms.remove(&room_name));
+            if !removed {
+                return Err(RouteError::NotMember(room.to_owned()));
+            }
+            Self::remove_member(&mut state, &room_name, &client.name);
+        }
+        self.emit(EventKind::RoomLeft { name: client.name.clone(), room: room_name });
+        Ok(())
+    }
+
+    /// Publishes `text` from `client` to every member of `room` (and to the
+    /// sender too when `echo`). Returns how many members it was queued for.
+    ///
+    /// # Errors
+    /// [`RouteError::NotMember`] when the client is not in the room.
+    pub fn publish(
+        &self,
+        client: &Client,
+        room: &str,
+        text: String,
+        echo: bool,
+    ) -> Result<usize, RouteError> {
+        self.publish_body(Some(client), room, echo, |room| Body::Room {
+            room,
+            from: Some(client.name.clone()),
+            text,
+        })
+    }
+
+    /// Publishes a binary payload from `client` to `room`.
+    ///
+    /// # Errors
+    /// As [`Hub::publish`].
+    pub fn publish_binary(
+        &self,
+        client: &Client,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<usize, RouteError> {
+        self.publish_body(Some(client), room, false, |room| Body::Binary {
+            from: client.name.clone(),
+            room: Some(room),
+            payload,
+        })
+    }
+
+    /// Publishes `text` from the operator to every member of `room`.
+    ///
+    /// # Errors
+    /// [`RouteError::NoSuchRoom`] when the room has no members.
+    pub fn publish_as_server(&self, room: &str, text: String) -> Result<usize, RouteError> {
+        self.publish_body(None, room, true, |room| Body::Room { room, from: None, text })
+    }
+
+    fn publish_body(
+        &self,
+        sender: Option<&Client>,
+        room: &str,
+        echo: bool,
+        body: impl FnOnce(RoomName) -> Body,
+    ) -> Result<usize, RouteError> {
+        let state = self.state();
+        let Some((room_name, entry)) = state.rooms.get_key_value(room) else {
+            return Err(match sender {
+                Some(_) => RouteError::NotMember(room.to_owned()),
+                None => RouteError::NoSuchRoom(room.to_owned()),
+            });
+        };
+        if let Some(sender) = sender {
+            if !entry.members.contains_key(&sender.name) {
+                return Err(RouteError::NotMember(room.to_owned()));
+            }
+        }
+        let message = Arc::new(Message::new(body(room_name.clone())));
+        let sender_name = sender.map(|s| &s.name);
+        let mut delivered = 0;
+        for (name, member) in &entry.members {
+            if !echo && Some(name) == sender_name {
+                continue;
+            }
+            if member.deliver(&message).is_ok() {
+                delivered += 1;
+            }
+        }
+        drop(state);
+        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+        Ok(delivered)
+    }
+
+    /// Subscribes `client` to presence: global when `room` is `None`.
+    /// Returns who is online (or in the room) now.
+    ///
+    /// # Errors
+    /// [`RouteError::InvalidName`] for a bad room name.
+    pub fn watch(
+        &self,
+        client: &Client,
+        room: Option<&str>,
+    ) -> Result<Vec<ClientName>, RouteError> {
+        let room = room
+            .map(|r| {
+                self.room_name(r).map_err(|error| RouteError::InvalidName { name: r.into(), error })
+            })
+            .transpose()?;
+        let mut state = self.state();
+        let state = &mut *state;
+        let Some(slot) = state.clients.get_mut(&client.name) else {
+            return Err(RouteError::Offline(client.name.to_string()));
+        };
+        match room {
+            None => {
+                state.presence.insert(client.name.clone(), slot.client.clone());
+                Ok(sorted_names(Some(state.clients.keys())))
+            }
+            Some(room) => {
+                if !slot.watching.contains(&room)
+                    && slot.watching.len() >= self.shared.limits.max_rooms_per_client
+                {
+                    return Err(RouteError::LimitReached(format!(
+                        "a client may watch at most {} rooms",
+                        self.shared.limits.max_rooms_per_client
+                    )));
+                }
+                slot.watching.insert(room.clone());
+                let entry = state.rooms.entry(room).or_default();
+                entry.watchers.insert(client.name.clone(), slot.client.clone());
+                Ok(sorted_names(Some(entry.members.keys())))
+            }
+        }
+    }
+
+    /// Ends a presence subscription. Unsubscribing twice is not an error.
+    pub fn unwatch(&self, client: &Client, room: Option<&str>) {
+        let mut state = self.state();
+        match room {
+            None => {
+                state.presence.remove(&client.name);
+            }
+            Some(room) => {
+                if let Some(slot) = state.clients.get_mut(&client.name) {
+                    slot.watching.remove(room);
+                }
+                if let Some(entry) = state.rooms.get_mut(room) {
+                    entry.watchers.remove(&client.name);
+                    if entry.is_unused() {
+                        state.rooms.remove(room);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The names online, sorted.
+    pub fn online(&self) -> Vec<ClientName> {
+        sorted_names(Some(self.state().clients.keys()))
+    }
+
+    /// How many clients are online.
+    pub fn client_count(&self) -> usize {
+        self.state().clients.len()
+    }
+
+    /// A room's members, or `None` if the room has none.
+    pub fn room(&self, room: &str) -> Option<RoomInfo> {
+        let state = self.state();
+        let (name, entry) = state.rooms.get_key_value(room)?;
+        (!entry.members.is_empty()).then(|| RoomInfo {
+            name: name.clone(),
+            members: sorted_names(Some(entry.members.keys())),
+        })
+    }
+
+    /// Every room with members, sorted by name.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let state = self.state();
+        let mut rooms: Vec<RoomInfo> = state
+            .rooms
+            .iter()
+            .filter(|(_, entry)| !entry.members.is_empty())
+            .map(|(name, entry)| RoomInfo {
+                name: name.clone(),
+                members: sorted_names(Some(entry.members.keys())),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms
+    }
+
+    /// A snapshot of every client, sorted by name.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let state = self.state();
+        let mut clients: Vec<ClientInfo> = state.clients.values().map(Self::info).collect();
+        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        clients
+    }
+
+    /// A snapshot of one client.
+    pub fn client(&self, name: &str) -> Option<ClientInfo> {
+        self.state().clients.get(name).map(Self::info)
+    }
+
+    fn info(slot: &Slot) -> ClientInfo {
+        let client = &slot.client;
+        ClientInfo {
+            name: client.name.clone(),
+            session: client.session,
+            addr: client.addr,
+            protocol: client.protocol,
+            connected_at: client.connected_at,
+            rooms: slot.rooms.iter().cloned().collect(),
+            messages_in: client.messages_in.load(Ordering::Relaxed),
+            messages_out: client.messages_out.load(Ordering::Relaxed),
+            queued_bytes: client.outbox.queued_bytes(),
+        }
+    }
+
+    /// Asks every session to close with `reason` (used at shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for slot in self.state().clients.values() {
+            slot.client.outbox.closer().close(reason.clone());
+        }
+    }
+}
+
+fn sorted_names<'a, T: Clone + Ord + 'a>(names: Option<impl Iterator<Item = &'a T>>) -> Vec<T> {
+    let mut names: Vec<T> = names.map(|it| it.cloned().collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A client's claim on its name. Dropping it (or calling
+/// [`Registration::leave`]) removes the client from the hub, its rooms and
+/// presence, and emits its leave event.
+#[derive(Debug)]
+pub struct Registration {
+    hub: Hub,
+    client: Arc<Client>,
+    left: bool,
+}
+
+impl Registration {
+    /// The registered client.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// The hub it is registered with.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Unregisters now, recording why. Idempotent.
+    pub fn leave(&mut self, reason: &CloseReason) {
+        if !self.left {
+            self.left = true;
+            self.hub.unregister(&self.client, reason);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let reason = self
+            .client
+            .outbox
+            .closer()
+            .reason()
+            .cloned()
+            .unwrap_or_else(|| CloseReason::Dropped("session ended".into()));
+        self.leave(&reason);
+    }
+}
+
+#[cfg(test)]
+mod tests;

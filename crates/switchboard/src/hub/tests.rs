@@ -1,0 +1,119 @@
+//! Routing semantics, without sockets.
+
+use super::*;
+use std::net::{Ipv4Addr, SocketAddr};
+
+fn addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 1))
+}
+
+fn join(hub: &Hub, name: &str) -> (Registration, OutboxReceiver) {
+    let name = hub.client_name(name).unwrap_or_else(|e| panic!("{e}"));
+    hub.register(name, addr(), Protocol::V1).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn next_body(rx: &mut OutboxReceiver) -> Option<String> {
+    match rx.try_recv()? {
+        Outgoing::Deliver(message) => message.v1_text(1),
+        Outgoing::Text(text) => Some(text),
+        Outgoing::Binary(_) => Some("<binary>".into()),
+    }
+}
+
+#[test]
+fn names_are_unique_and_freed_on_leave() {
+    let hub = Hub::new(HubLimits::default());
+    let (alice, _rx) = join(&hub, "alice");
+    let name = hub.client_name("alice").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hub.register(name.clone(), addr(), Protocol::Classic).map(|_| ()).unwrap_err(),
+        RegisterError::NameTaken("alice".into())
+    );
+    drop(alice);
+    assert!(hub.register(name, addr(), Protocol::Classic).is_ok());
+}
+
+#[test]
+fn direct_messages_carry_the_real_sender_in_order() {
+    let hub = Hub::new(HubLimits::default());
+    let (alice, _a) = join(&hub, "alice");
+    let (_bob, mut b) = join(&hub, "bob");
+    for i in 0..100 {
+        hub.send_direct(alice.client(), "bob", format!("m{i}")).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for i in 0..100 {
+        let frame = next_body(&mut b).unwrap_or_default();
+        assert!(frame.contains(r#""from":"alice""#), "{frame}");
+        assert!(frame.contains(&format!(r#""text":"m{i}""#)), "{frame}");
+    }
+    assert_eq!(
+        hub.send_direct(alice.client(), "carol", "x".into()),
+        Err(RouteError::Offline("carol".into()))
+    );
+}
+
+#[test]
+fn rooms_are_created_on_join_and_vanish_when_empty() {
+    let hub = Hub::new(HubLimits::default());
+    let (alice, mut a) = join(&hub, "alice");
+    let (mut bob, mut b) = join(&hub, "bob");
+    hub.join(alice.client(), "lobby").unwrap_or_else(|e| panic!("{e}"));
+    let members = hub.join(bob.client(), "lobby").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(members.len(), 2);
+    assert_eq!(hub.publish(alice.client(), "lobby", "hi".into(), false), Ok(1));
+    assert!(next_body(&mut b).is_some_and(|f| f.contains(r#""room":"lobby""#)));
+    assert!(next_body(&mut a).is_none(), "no echo unless asked");
+    assert_eq!(hub.publish(alice.client(), "lobby", "hi".into(), true), Ok(2));
+    bob.leave(&CloseReason::Dropped("test".into()));
+    hub.leave(alice.client(), "lobby").unwrap_or_else(|e| panic!("{e}"));
+    assert!(hub.rooms().is_empty());
+    assert_eq!(
+        hub.publish(alice.client(), "lobby", "x".into(), false),
+        Err(RouteError::NotMember("lobby".into()))
+    );
+}
+
+#[test]
+fn presence_is_opt_in() {
+    let hub = Hub::new(HubLimits::default());
+    let (alice, mut a) = join(&hub, "alice");
+    let (_bob, mut b) = join(&hub, "bob");
+    assert!(next_body(&mut a).is_none());
+    hub.watch(alice.client(), None).unwrap_or_else(|e| panic!("{e}"));
+    let (carol, _c) = join(&hub, "carol");
+    assert!(
+        next_body(&mut a).is_some_and(|f| f.contains(r#""event":"join""#) && f.contains("carol"))
+    );
+    drop(carol);
+    assert!(next_body(&mut a).is_some_and(|f| f.contains(r#""event":"leave""#)));
+    assert!(next_body(&mut b).is_none(), "bob did not subscribe");
+}
+
+#[test]
+fn room_limits_are_enforced() {
+    let limits =
+        HubLimits { max_rooms_per_client: 1, max_members_per_room: 1, ..HubLimits::default() };
+    let hub = Hub::new(limits);
+    let (alice, _a) = join(&hub, "alice");
+    let (bob, _b) = join(&hub, "bob");
+    hub.join(alice.client(), "one").unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(hub.join(alice.client(), "two"), Err(RouteError::LimitReached(_))));
+    assert!(matches!(hub.join(bob.client(), "one"), Err(RouteError::LimitReached(_))));
+    assert!(matches!(hub.join(bob.client(), "bad\nroom"), Err(RouteError::InvalidName { .. })));
+}
+
+#[test]
+fn a_broadcast_is_encoded_once_for_all_recipients() {
+    let hub = Hub::new(HubLimits::default());
+    let mut receivers: Vec<_> = (0..10).map(|i| join(&hub, &format!("c{i}"))).collect();
+    assert_eq!(hub.broadcast("hello".into()), 10);
+    let mut first: Option<Arc<Message>> = None;
+    for (_, rx) in &mut receivers {
+        let Some(Outgoing::Deliver(message)) = rx.try_recv() else { panic!("no delivery") };
+        if let Some(first) = &first {
+            assert!(Arc::ptr_eq(first, &message), "recipients share one message");
+        }
+        assert_eq!(message.classic_text(), Some("hello"));
+        first = Some(message);
+    }
+}

@@ -1,0 +1,28 @@
+//! Switchboard: a real-time messaging hub over WebSocket.
+//!
+//! Named clients connect; the hub knows who is online, routes private
+//! messages, room publishes and operator messages, and logs joins, leaves and
+//! messages to the server. It speaks the Qt tutorial's protocol ("classic")
+//! and the structured protocol v1 on one port.
+//!
+//! # Layout
+//! - [`config`]: every option and limit, from defaults, TOML and flags.
+//! - [`hub`]: routing semantics and shared state; no I/O, no HTTP.
+//! - [`server`]: the network edge — accept loop, handshake, sessions,
+//!   operator API, shutdown.
+//! - [`cli`]: the `switchboard connect` terminal client.
+//! - wire shapes live in the `switchboard-protocol` crate; the async client
+//!   in `switchboard-client`.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let config = switchboard::config::Config::default();
+//! let listener = switchboard::server::bind("127.0.0.1:0".parse().unwrap(), 1024)?;
+//! switchboard::server::run(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod hub;
+pub mod server;

@@ -1,0 +1,158 @@
+//! The `switchboard` binary: parses the command line and hands off to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use switchboard::config::Config;
+
+/// Switchboard: a real-time messaging hub over WebSocket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Connect to a hub as a terminal client.
+    Connect(switchboard::cli::ConnectArgs),
+}
+
+/// Flags override the config file, which overrides the defaults.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML file with any of the options below (underscores for dashes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8888].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on /api.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Largest message accepted, in bytes [default: 1048576].
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// Bytes queued per client before it is disconnected [default: 4194304].
+    #[arg(long)]
+    max_queued_bytes: Option<usize>,
+    /// Messages per second per connection, 0 for unlimited [default: 10000].
+    #[arg(long)]
+    rate_messages_per_sec: Option<u32>,
+    /// Bytes per second per connection, 0 for unlimited [default: 16777216].
+    #[arg(long)]
+    rate_bytes_per_sec: Option<u64>,
+    /// Seconds of silence before the server pings a client [default: 30].
+    #[arg(long)]
+    ping_interval_secs: Option<u64>,
+    /// Seconds to wait for an answer to a ping [default: 30].
+    #[arg(long)]
+    pong_timeout_secs: Option<u64>,
+    /// Seconds a client has to complete the handshake [default: 5].
+    #[arg(long)]
+    handshake_timeout_secs: Option<u64>,
+    /// Seconds shutdown waits for queues to drain [default: 5].
+    #[arg(long)]
+    drain_timeout_secs: Option<u64>,
+    /// Most simultaneous connections [default: 20000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => { $( if let Some(value) = self.$field { config.$field = value; } )* };
+        }
+        apply!(
+            listen,
+            max_message_bytes,
+            max_queued_bytes,
+            rate_messages_per_sec,
+            rate_bytes_per_sec,
+            ping_interval_secs,
+            pong_timeout_secs,
+            handshake_timeout_secs,
+            drain_timeout_secs,
+            max_connections
+        );
+        if self.admin_token.is_some() {
+            config.admin_token = self.admin_token;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Connect(args) => connect(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("switchboard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.into_config()?;
+    runtime()?.block_on(async move {
+        let listener = switchboard::server::bind(config.listen, config.backlog)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        switchboard::server::run(listener, config, shutdown_signal()).await.context("server failed")
+    })
+}
+
+fn connect(args: switchboard::cli::ConnectArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(switchboard::cli::run(args))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

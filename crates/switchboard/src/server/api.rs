@@ -1,0 +1,318 @@
+//! The operator HTTP API under `/api`: the tutorial's server window as JSON.
+//!
+//! Every handler is a thin client of [`Hub`]. Auth: with an admin token
+//! configured, every request needs `Authorization: Bearer TOKEN`; without
+//! one, only loopback peers are answered.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::Context;
+use crate::hub::{ClientInfo, EventKind, HubEvent, RoomInfo, RouteError};
+
+/// An API failure: a status and a one-line message, as JSON `{"error": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The admin token is missing or wrong.
+    #[error("missing or invalid admin token (send Authorization: Bearer TOKEN)")]
+    Unauthorized,
+    /// No token is configured and the peer is not on loopback.
+    #[error("the operator API answers loopback clients only unless an admin token is configured")]
+    Forbidden,
+    /// The named client or room does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        let mut response =
+            (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> Self {
+        match error {
+            RouteError::Offline(_) | RouteError::NoSuchRoom(_) | RouteError::NotMember(_) => {
+                ApiError::NotFound(error.to_string())
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+/// The `/api` routes, with the auth guard.
+pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
+    Router::new()
+        .route("/clients", get(list_clients))
+        .route("/clients/{name}", get(get_client).delete(disconnect))
+        .route("/clients/{name}/messages", post(send_to_client))
+        .route("/clients/{name}/disconnect", post(disconnect))
+        .route("/broadcast", post(broadcast))
+        .route("/rooms", get(list_rooms))
+        .route("/rooms/{room}", get(get_room))
+        .route("/rooms/{room}/messages", post(publish_to_room))
+        .route("/events", get(events))
+        .route_layer(middleware::from_fn_with_state(ctx, require_operator))
+}
+
+async fn require_operator(
+    State(ctx): State<Arc<Context>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match &ctx.config.admin_token {
+        Some(token) => {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+                return Err(ApiError::Unauthorized);
+            }
+        }
+        None if !peer.ip().is_loopback() => return Err(ApiError::Forbidden),
+        None => {}
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares secrets without leaking the position of the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A client as the API shows it.
+#[derive(Debug, Serialize)]
+struct ClientView {
+    name: String,
+    session: String,
+    addr: String,
+    protocol: &'static str,
+    /// RFC 3339, UTC.
+    connected_since: String,
+    /// Milliseconds since the Unix epoch.
+    connected_since_ms: u64,
+    rooms: Vec<String>,
+    messages_in: u64,
+    messages_out: u64,
+    queued_bytes: usize,
+}
+
+impl From<ClientInfo> for ClientView {
+    fn from(info: ClientInfo) -> Self {
+        ClientView {
+            name: info.name.to_string(),
+            session: info.session.to_string(),
+            addr: info.addr.to_string(),
+            protocol: info.protocol.as_str(),
+            connected_since: humantime::format_rfc3339_seconds(info.connected_at).to_string(),
+            connected_since_ms: millis(info.connected_at),
+            rooms: info.rooms.iter().map(|r| r.to_string()).collect(),
+            messages_in: info.messages_in,
+            messages_out: info.messages_out,
+            queued_bytes: info.queued_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RoomView {
+    name: String,
+    members: Vec<String>,
+}
+
+impl From<RoomInfo> for RoomView {
+    fn from(info: RoomInfo) -> Self {
+        RoomView {
+            name: info.name.to_string(),
+            members: info.members.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Delivered {
+    delivered: usize,
+}
+
+async fn list_clients(State(ctx): State<Arc<Context>>) -> Json<Vec<ClientView>> {
+    Json(ctx.hub.clients().into_iter().map(ClientView::from).collect())
+}
+
+async fn get_client(
+    State(ctx): State<Arc<Context>>,
+    Path(name): Path<String>,
+) -> Result<Json<ClientView>, ApiError> {
+    ctx.hub
+        .client(&name)
+        .map(|c| Json(c.into()))
+        .ok_or_else(|| ApiError::NotFound(format!("{name} is not online")))
+}
+
+async fn send_to_client(
+    State(ctx): State<Arc<Context>>,
+    Path(name): Path<String>,
+    body: String,
+) -> Result<Json<Delivered>, ApiError> {
+    ctx.hub.send_to(&name, body)?;
+    Ok(Json(Delivered { delivered: 1 }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReasonQuery {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn disconnect(
+    State(ctx): State<Arc<Context>>,
+    Path(name): Path<String>,
+    Query(query): Query<ReasonQuery>,
+    body: String,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let reason = query.reason.unwrap_or(body).trim().to_owned();
+    ctx.hub.disconnect(&name, reason)?;
+    Ok(Json(serde_json::json!({ "disconnected": name })))
+}
+
+async fn broadcast(State(ctx): State<Arc<Context>>, body: String) -> Json<Delivered> {
+    Json(Delivered { delivered: ctx.hub.broadcast(body) })
+}
+
+async fn list_rooms(State(ctx): State<Arc<Context>>) -> Json<Vec<RoomView>> {
+    Json(ctx.hub.rooms().into_iter().map(RoomView::from).collect())
+}
+
+async fn get_room(
+    State(ctx): State<Arc<Context>>,
+    Path(room): Path<String>,
+) -> Result<Json<RoomView>, ApiError> {
+    ctx.hub
+        .room(&room)
+        .map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::NotFound(format!("no room named {room}")))
+}
+
+async fn publish_to_room(
+    State(ctx): State<Arc<Context>>,
+    Path(room): Path<String>,
+    body: String,
+) -> Result<Json<Delivered>, ApiError> {
+    Ok(Json(Delivered { delivered: ctx.hub.publish_as_server(&room, body)? }))
+}
+
+/// An event as the SSE feed shows it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum EventView {
+    Join { at: u64, name: String, addr: String, protocol: &'static str },
+    Leave { at: u64, name: String, code: Option<u16>, reason: String },
+    Message { at: u64, from: String, text: String },
+    RoomJoin { at: u64, name: String, room: String },
+    RoomLeave { at: u64, name: String, room: String },
+    Error { at: u64, name: Option<String>, message: String },
+    Lagged { at: u64, missed: u64 },
+}
+
+impl From<HubEvent> for EventView {
+    fn from(event: HubEvent) -> Self {
+        let at = millis(event.at);
+        match event.kind {
+            EventKind::Joined { name, addr, protocol } => EventView::Join {
+                at,
+                name: name.to_string(),
+                addr: addr.to_string(),
+                protocol: protocol.as_str(),
+            },
+            EventKind::Left { name, code, reason } => {
+                EventView::Leave { at, name: name.to_string(), code, reason }
+            }
+            EventKind::ToServer { from, text } => {
+                EventView::Message { at, from: from.to_string(), text }
+            }
+            EventKind::RoomJoined { name, room } => {
+                EventView::RoomJoin { at, name: name.to_string(), room: room.to_string() }
+            }
+            EventKind::RoomLeft { name, room } => {
+                EventView::RoomLeave { at, name: name.to_string(), room: room.to_string() }
+            }
+            EventKind::Error { name, message } => {
+                EventView::Error { at, name: name.map(|n| n.to_string()), message }
+            }
+        }
+    }
+}
+
+fn sse_event(view: &EventView) -> Event {
+    let kind = match view {
+        EventView::Join { .. } => "join",
+        EventView::Leave { .. } => "leave",
+        EventView::Message { .. } => "message",
+        EventView::RoomJoin { .. } => "room_join",
+        EventView::RoomLeave { .. } => "room_leave",
+        EventView::Error { .. } => "error",
+        EventView::Lagged { .. } => "lagged",
+    };
+    Event::default().event(kind).data(serde_json::to_string(view).unwrap_or_default())
+}
+
+/// `GET /api/events`: hub events as Server-Sent Events. A subscriber that
+/// falls behind gets a `lagged` event saying how many it missed.
+async fn events(
+    State(ctx): State<Arc<Context>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(ctx.hub.subscribe_events())
+        .map(|item| {
+            let view = match item {
+                Ok(event) => EventView::from(event),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    EventView::Lagged { at: millis(SystemTime::now()), missed }
+                }
+            };
+            Ok(sse_event(&view))
+        })
+        // End the stream at shutdown so the HTTP connection can close.
+        .take_until(ctx.shutdown.clone().cancelled_owned());
+    // An initial comment so clients see the stream is open before any event.
+    let opened = futures_util::stream::once(std::future::ready(Ok(
+        Event::default().comment("switchboard events")
+    )));
+    Sse::new(opened.chain(stream)).keep_alive(KeepAlive::default())
+}

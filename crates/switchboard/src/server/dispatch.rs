@@ -1,0 +1,152 @@
+//! What a client's frame means: parsed frames become hub calls and replies.
+//!
+//! This module is the only place that maps protocol requests onto [`Hub`]
+//! methods, for both wire protocols. It does no I/O: replies are pushed into
+//! the client's own outbox, behind anything already queued for it.
+
+use bytes::Bytes;
+use switchboard_protocol::v1::{self, ErrorCode, Reply, Request};
+use switchboard_protocol::{binary, classic};
+
+use crate::hub::{Client, Hub, Outgoing, RouteError};
+
+/// Handles one text frame from a classic client.
+pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
+    match classic::parse(text) {
+        classic::Inbound::Direct { dst, msg } => {
+            if let Err(error) = hub.send_direct(client, &dst, msg) {
+                let notice = match &error {
+                    RouteError::Offline(dst) => classic::offline_notice(dst),
+                    other => classic::error_notice(&other.to_string()),
+                };
+                reply_text(client, notice);
+            }
+        }
+        classic::Inbound::ToServer(text) => hub.to_server(client, text),
+    }
+}
+
+/// Handles one text frame from a v1 client.
+pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str) {
+    let request = match v1::parse_request(text) {
+        Ok(request) => request,
+        Err(error) => {
+            reply(client, Reply::error(error.id.as_deref(), error.code, error.message));
+            return;
+        }
+    };
+    let id = request.id().map(str::to_owned);
+    let outcome: Result<Option<Reply>, RouteError> = match request {
+        Request::Dm { to, text, .. } => hub.send_direct(client, &to, text).map(|()| None),
+        Request::Server { text, .. } => {
+            hub.to_server(client, text);
+            Ok(None)
+        }
+        Request::Join { room, .. } => hub.join(client, &room).map(|_| None),
+        Request::Leave { room, .. } => hub.leave(client, &room).map(|()| None),
+        Request::Publish { room, text, echo, .. } => {
+            hub.publish(client, &room, text, echo).map(|_| None)
+        }
+        Request::Members { room, .. } => match hub.room(&room) {
+            Some(info) => Ok(Some(Reply::Members {
+                id: id.clone(),
+                room: Some(room),
+                members: info.members.iter().map(|n| n.to_string()).collect(),
+            })),
+            None => {
+                Ok(Some(Reply::Members { id: id.clone(), room: Some(room), members: Vec::new() }))
+            }
+        },
+        Request::Who { .. } => Ok(Some(Reply::Clients {
+            id: id.clone(),
+            clients: hub.online().iter().map(|n| n.to_string()).collect(),
+        })),
+        Request::Subscribe { room, .. } => hub.watch(client, room.as_deref()).map(|members| {
+            Some(Reply::Members {
+                id: id.clone(),
+                room,
+                members: members.iter().map(|n| n.to_string()).collect(),
+            })
+        }),
+        Request::Unsubscribe { room, .. } => {
+            hub.unwatch(client, room.as_deref());
+            Ok(None)
+        }
+        Request::Ping { .. } => Ok(Some(Reply::Pong { id: id.clone() })),
+    };
+    answer(client, id.as_deref(), outcome);
+}
+
+/// Handles one binary frame from a v1 client.
+pub(crate) fn v1_binary(hub: &Hub, client: &Client, frame: &Bytes) {
+    let parsed = match binary::parse_outgoing(frame) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            reply(client, Reply::error(None, ErrorCode::BadRequest, error.to_string()));
+            return;
+        }
+    };
+    // Share the payload with the frame's allocation instead of copying it.
+    let payload = frame.slice_ref(parsed.payload);
+    let outcome = match parsed.target {
+        binary::Target::Client(to) => hub.send_binary(client, to, payload).map(|()| None),
+        binary::Target::Room(room) => hub.publish_binary(client, room, payload).map(|_| None),
+    };
+    let id = (!parsed.id.is_empty()).then_some(parsed.id);
+    answer(client, id, outcome);
+}
+
+/// Handles a binary frame from a classic client: the tutorial's protocol has
+/// no destination for binary data, so it is refused with a notice.
+pub(crate) fn classic_binary(client: &Client) {
+    reply_text(client, classic::error_notice("binary messages need protocol v1 (switchboard.v1)"));
+}
+
+/// Tells the client its message was refused by the rate limit.
+pub(crate) fn rate_limited(client: &Client, frame_text: Option<&str>, limit: &str) {
+    let message = format!("rate limit exceeded ({limit}); message refused");
+    match client.protocol() {
+        crate::hub::Protocol::Classic => reply_text(client, classic::error_notice(&message)),
+        crate::hub::Protocol::V1 => {
+            let id = frame_text.and_then(request_id);
+            reply(client, Reply::error(id.as_deref(), ErrorCode::RateLimited, message));
+        }
+    }
+}
+
+/// Best-effort id of a refused request, only on the slow path.
+fn request_id(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value.get("id")?.as_str().map(str::to_owned)
+}
+
+fn answer(client: &Client, id: Option<&str>, outcome: Result<Option<Reply>, RouteError>) {
+    match outcome {
+        Ok(Some(answer)) => reply(client, answer),
+        Ok(None) => {
+            if let Some(id) = id {
+                reply(client, Reply::Ack { id: id.to_owned() });
+            }
+        }
+        Err(error) => reply(client, Reply::error(id, error_code(&error), error.to_string())),
+    }
+}
+
+/// The wire error code for a routing failure.
+pub(crate) fn error_code(error: &RouteError) -> ErrorCode {
+    match error {
+        RouteError::Offline(_) | RouteError::RecipientOverflow(_) => ErrorCode::RecipientOffline,
+        RouteError::InvalidName { .. } => ErrorCode::InvalidName,
+        RouteError::NotMember(_) | RouteError::NoSuchRoom(_) => ErrorCode::NotMember,
+        RouteError::LimitReached(_) => ErrorCode::LimitReached,
+    }
+}
+
+fn reply(client: &Client, reply: Reply) {
+    reply_text(client, reply.encode());
+}
+
+fn reply_text(client: &Client, text: String) {
+    // A full outbox closes the client; the reply is lost with the connection.
+    let _ = client.outbox().push(Outgoing::Text(text));
+}

@@ -1,0 +1,402 @@
+//! One WebSocket session: a reader that routes what the client sends, and a
+//! single writer that owns the socket's sending half.
+//!
+//! ```text
+//!            ┌────────── reader (this task) ──────────┐
+//!  socket ──►│ frames → rate limit → dispatch → Hub    │
+//!            └─────────────────────────────────────────┘
+//!            ┌────────── writer (spawned) ─────────────┐
+//!  socket ◄──│ Outbox → seq stamp → feed… flush; pings │
+//!            └─────────────────────────────────────────┘
+//! ```
+//!
+//! Either side can end the session through the client's [`Closer`]; the
+//! writer is the only one that sends the close frame. On shutdown the writer
+//! flushes what is queued (bounded by the drain timeout) and closes with 1001.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard_protocol::close;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message as Frame, Utf8Bytes};
+
+use super::dispatch;
+use crate::config::Config;
+use crate::hub::rate::TokenBucket;
+use crate::hub::{Client, CloseReason, Hub, OutboxReceiver, Outgoing, Protocol, Registration};
+
+/// How long the reader waits for the client's close frame after ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How long the writer tries to get a close frame out to a client that has
+/// stopped reading before giving up and dropping the connection.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most frames written between two flushes: bounds the latency a large
+/// backlog adds to the first frame of a batch.
+const MAX_BATCH: usize = 256;
+
+/// The slice of configuration a session needs.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionSettings {
+    pub(crate) ping_interval: Duration,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) rate_messages_per_sec: u32,
+    pub(crate) rate_bytes_per_sec: u64,
+    pub(crate) rate_strikes: u32,
+}
+
+impl SessionSettings {
+    pub(crate) fn from_config(config: &Config) -> SessionSettings {
+        SessionSettings {
+            ping_interval: config.ping_interval(),
+            pong_timeout: config.pong_timeout(),
+            drain_timeout: config.drain_timeout(),
+            max_message_bytes: config.max_message_bytes,
+            rate_messages_per_sec: config.rate_messages_per_sec,
+            rate_bytes_per_sec: config.rate_bytes_per_sec,
+            rate_strikes: config.rate_strikes,
+        }
+    }
+}
+
+/// When the client was last heard from, shared by reader and writer.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_seen_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_seen_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs a session to its end, then unregisters the client.
+pub(crate) async fn run<S>(
+    socket: WebSocketStream<S>,
+    mut registration: Registration,
+    outbox: OutboxReceiver,
+    settings: SessionSettings,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = registration.client().clone();
+    let hub = registration.hub().clone();
+    let activity = Arc::new(Activity { start: Instant::now(), last_seen_ms: AtomicU64::new(0) });
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbox,
+        client.protocol(),
+        settings.clone(),
+        activity.clone(),
+        shutdown.clone(),
+    ));
+    let reason = read_loop(stream, &hub, &client, &settings, &activity, &shutdown).await;
+    client.outbox().closer().close(reason);
+    let reason = client
+        .outbox()
+        .closer()
+        .reason()
+        .cloned()
+        .unwrap_or(CloseReason::Dropped("unknown".into()));
+    registration.leave(&reason);
+    let _ = writer.await;
+}
+
+async fn read_loop<S>(
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    hub: &Hub,
+    client: &Arc<Client>,
+    settings: &SessionSettings,
+    activity: &Activity,
+    shutdown: &CancellationToken,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let closer = client.outbox().closer();
+    let now = Instant::now();
+    let burst_messages = f64::from(settings.rate_messages_per_sec.max(1));
+    let mut messages =
+        TokenBucket::new(f64::from(settings.rate_messages_per_sec), burst_messages, now);
+    // The byte bucket must hold at least one maximal message.
+    let burst_bytes = (settings.rate_bytes_per_sec as f64).max(settings.max_message_bytes as f64);
+    let mut bytes = TokenBucket::new(settings.rate_bytes_per_sec as f64, burst_bytes, now);
+    let mut strikes = 0u32;
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = closer.closed(), if linger_until.is_none() => {
+                linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
+                continue;
+            }
+            () = shutdown.cancelled(), if linger_until.is_none() => {
+                // The writer drains and sends 1001; keep reading for the reply.
+                linger_until = Some(tokio::time::Instant::now() + settings.drain_timeout + CLOSE_LINGER);
+                continue;
+            }
+            () = sleep_until(linger_until), if linger_until.is_some() => {
+                return closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+            }
+            frame = stream.next() => frame,
+        };
+        let frame = match frame {
+            None => {
+                return closer.reason().cloned().unwrap_or_else(|| {
+                    CloseReason::Dropped("connection closed without a close frame".into())
+                })
+            }
+            Some(Err(error)) => {
+                let reason = reason_for(error, settings.max_message_bytes);
+                if linger_until.is_some() || reason.discards_queue() {
+                    return closer.reason().cloned().unwrap_or(reason);
+                }
+                tracing::warn!(name = %client.name(), reason = %reason.text(), "closing session on bad input");
+                hub.emit(crate::hub::EventKind::Error {
+                    name: Some(client.name().clone()),
+                    message: reason.text(),
+                });
+                closer.close(reason);
+                continue;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        activity.touch();
+        if linger_until.is_some() {
+            if let Frame::Close(frame) = frame {
+                // Our close was answered; the stream ends next.
+                let _ = frame;
+            }
+            continue;
+        }
+        let (text, payload_len) = match &frame {
+            Frame::Text(text) => (Some(text.as_str()), text.len()),
+            Frame::Binary(data) => (None, data.len()),
+            Frame::Close(frame) => {
+                let (code, reason) = match frame {
+                    Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                    None => (None, String::new()),
+                };
+                closer.close(CloseReason::PeerClosed { code, reason });
+                // Keep reading: tungstenite sends our reply on the next poll, then ends.
+                linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
+                continue;
+            }
+            Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
+        };
+        client.count_in();
+        let now = Instant::now();
+        let over = if !messages.try_take(1.0, now) {
+            Some(format!("{} messages/s", settings.rate_messages_per_sec))
+        } else if !bytes.try_take(payload_len as f64, now) {
+            Some(format!("{} bytes/s", settings.rate_bytes_per_sec))
+        } else {
+            None
+        };
+        if let Some(limit) = over {
+            strikes += 1;
+            dispatch::rate_limited(client, text, &limit);
+            if strikes >= settings.rate_strikes.max(1) {
+                tracing::warn!(name = %client.name(), "disconnecting client that keeps exceeding its rate limit");
+                closer.close(CloseReason::RateLimited);
+            }
+            continue;
+        }
+        strikes = 0;
+        match (frame, client.protocol()) {
+            (Frame::Text(text), Protocol::Classic) => dispatch::classic_text(hub, client, &text),
+            (Frame::Text(text), Protocol::V1) => dispatch::v1_text(hub, client, &text),
+            (Frame::Binary(data), Protocol::V1) => dispatch::v1_binary(hub, client, &data),
+            (Frame::Binary(_), Protocol::Classic) => dispatch::classic_binary(client),
+            _ => {}
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reason_for(error: tungstenite::Error, limit: usize) -> CloseReason {
+    use tungstenite::error::{CapacityError, Error};
+    match error {
+        Error::Utf8(_) => CloseReason::InvalidUtf8,
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::TooBig { limit },
+        Error::Capacity(other) => CloseReason::ProtocolError(other.to_string()),
+        Error::Protocol(detail) => CloseReason::ProtocolError(detail.to_string()),
+        Error::ConnectionClosed | Error::AlreadyClosed => {
+            CloseReason::Dropped("connection closed".into())
+        }
+        other => CloseReason::Dropped(other.to_string()),
+    }
+}
+
+type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Frame>;
+
+async fn write_loop<S>(
+    mut sink: Sink<S>,
+    mut outbox: OutboxReceiver,
+    protocol: Protocol,
+    settings: SessionSettings,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut seq = 0u64;
+    let check_every =
+        (settings.ping_interval.min(settings.pong_timeout) / 2).max(Duration::from_millis(100));
+    let mut keepalive = tokio::time::interval(check_every);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pinged = false;
+    let closer = outbox.closer().clone();
+    loop {
+        tokio::select! {
+            biased;
+            () = closer.closed() => {
+                let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+                if !reason.discards_queue() {
+                    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+                    let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
+                }
+                if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
+                    send_close(&mut sink, &reason).await;
+                }
+                return;
+            }
+            () = shutdown.cancelled() => {
+                let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+                let drained = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
+                if drained.is_err() {
+                    tracing::warn!("drain timeout: closing with messages still queued");
+                }
+                closer.close(CloseReason::Shutdown);
+                send_close(&mut sink, &CloseReason::Shutdown).await;
+                return;
+            }
+            item = outbox.recv() => {
+                let Some(item) = item else { return };
+                let written = tokio::select! {
+                    biased;
+                    () = closer.closed() => Ok(()),
+                    result = write_batch(&mut sink, &mut outbox, item, protocol, &mut seq) => result,
+                };
+                if let Err(error) = written {
+                    closer.close(CloseReason::Dropped(error.to_string()));
+                    return;
+                }
+            }
+            _ = keepalive.tick() => {
+                let idle = activity.idle();
+                if idle < settings.ping_interval {
+                    pinged = false;
+                } else if idle >= settings.ping_interval + settings.pong_timeout {
+                    closer.close(CloseReason::KeepaliveTimeout);
+                } else if !pinged {
+                    pinged = true;
+                    if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                        closer.close(CloseReason::Dropped("ping failed".into()));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Feeds `first` and whatever else is ready (up to [`MAX_BATCH`]), then
+/// flushes once: many frames per write syscall under load, one when idle.
+async fn write_batch<S>(
+    sink: &mut Sink<S>,
+    outbox: &mut OutboxReceiver,
+    first: Outgoing,
+    protocol: Protocol,
+    seq: &mut u64,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(frame) = encode(first, protocol, seq) {
+        sink.feed(frame).await?;
+    }
+    for _ in 1..MAX_BATCH {
+        let Some(item) = outbox.try_recv() else { break };
+        if let Some(frame) = encode(item, protocol, seq) {
+            sink.feed(frame).await?;
+        }
+    }
+    sink.flush().await
+}
+
+async fn drain<S>(
+    sink: &mut Sink<S>,
+    outbox: &mut OutboxReceiver,
+    protocol: Protocol,
+    seq: &mut u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(item) = outbox.try_recv() {
+        let Some(frame) = encode(item, protocol, seq) else { continue };
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.flush().await;
+}
+
+async fn send_close<S>(sink: &mut Sink<S>, reason: &CloseReason)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let code = reason.code().unwrap_or(close::INTERNAL_ERROR);
+    let mut text = reason.text();
+    // A close reason may hold at most 123 bytes.
+    while text.len() > 123 {
+        text.pop();
+    }
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(text) };
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(Frame::Close(Some(frame)))).await;
+}
+
+/// Turns an outbox item into this client's frame, stamping `seq` on v1 deliveries.
+fn encode(item: Outgoing, protocol: Protocol, seq: &mut u64) -> Option<Frame> {
+    match item {
+        Outgoing::Text(text) => Some(Frame::Text(Utf8Bytes::from(text))),
+        Outgoing::Binary(bytes) => Some(Frame::Binary(bytes)),
+        Outgoing::Deliver(message) => match protocol {
+            Protocol::Classic => match message.classic_text() {
+                Some(text) => Some(Frame::Text(Utf8Bytes::from(text.to_owned()))),
+                None => message.classic_binary().map(Frame::Binary),
+            },
+            Protocol::V1 => {
+                *seq += 1;
+                match message.v1_text(*seq) {
+                    Some(text) => Some(Frame::Text(Utf8Bytes::from(text))),
+                    None => message.v1_binary(*seq).map(Frame::Binary),
+                }
+            }
+        },
+    }
+}
