@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn outgoing_table() {
-        let cases: &[(&[u8], Result<(&str, Target<'_>, &[u8]), HeaderError>)] = &[
+        type Parsed<'a> = Result<(&'a str, Target<'a>, &'a [u8]), HeaderError>;
+        let cases: &[(&[u8], Parsed<'_>)] = &[
             (b"", Err(HeaderError::Truncated)),
             (b"\x09", Err(HeaderError::UnknownKind(9))),
             (b"\x01", Err(HeaderError::Truncated)),

@@ -410,6 +410,21 @@ impl Hub {
         addr: SocketAddr,
         protocol: Protocol,
     ) -> Result<(Registration, OutboxReceiver), RegisterError> {
+        self.register_with(name, addr, protocol, |_| None)
+    }
+
+    /// As [`Hub::register`], queueing `first(client)` (a v1 welcome) before
+    /// the name becomes visible, so nothing routed to the client precedes it.
+    ///
+    /// # Errors
+    /// As [`Hub::register`].
+    pub fn register_with(
+        &self,
+        name: ClientName,
+        addr: SocketAddr,
+        protocol: Protocol,
+        first: impl FnOnce(&Client) -> Option<Outgoing>,
+    ) -> Result<(Registration, OutboxReceiver), RegisterError> {
         let (outbox, receiver) = outbox(self.shared.limits.max_queued_bytes);
         let client = Arc::new(Client {
             name: name.clone(),
@@ -421,6 +436,9 @@ impl Hub {
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
         });
+        if let Some(item) = first(&client) {
+            let _ = client.outbox.push(item);
+        }
         {
             let mut state = self.state();
             if state.clients.contains_key(&name) {
@@ -712,7 +730,9 @@ impl Hub {
         body: impl FnOnce(RoomName) -> Body,
     ) -> Result<usize, RouteError> {
         let state = self.state();
-        let Some((room_name, entry)) = state.rooms.get_key_value(room) else {
+        // A room that only has watchers has no members to publish to.
+        let found = state.rooms.get_key_value(room).filter(|(_, entry)| !entry.members.is_empty());
+        let Some((room_name, entry)) = found else {
             return Err(match sender {
                 Some(_) => RouteError::NotMember(room.to_owned()),
                 None => RouteError::NoSuchRoom(room.to_owned()),

@@ -20,7 +20,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::session::{self, SessionSettings};
 use super::Context;
-use crate::hub::{EventKind, Outgoing, Protocol, RegisterError};
+use crate::hub::{Client, EventKind, Outgoing, Protocol, RegisterError};
 
 /// Why a handshake was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -86,9 +86,15 @@ fn requested_name<B>(request: &Request<B>) -> Option<String> {
         return from_query;
     }
     let origin = request.headers().get(header::ORIGIN)?;
-    // Qt sends the name as given, which may be UTF-8; HeaderValue::to_str
-    // only accepts ASCII, so decode the raw bytes.
-    let origin = std::str::from_utf8(origin.as_bytes()).ok()?.trim();
+    // HeaderValue::to_str only accepts ASCII, so decode the raw bytes: as
+    // UTF-8 when valid (most clients), else as Latin-1, which is how Qt 5's
+    // QWebSocket writes its handshake ("José" arrives as 4 bytes; characters
+    // beyond Latin-1 arrive as '?', see tests/qt_interop.rs).
+    let origin = match std::str::from_utf8(origin.as_bytes()) {
+        Ok(utf8) => utf8.to_owned(),
+        Err(_) => origin.as_bytes().iter().map(|&b| char::from(b)).collect(),
+    };
+    let origin = origin.trim();
     // A browser's Origin is a URL (or "null"); it names a site, not a client.
     let is_url = origin.contains("://") || origin == "null";
     (!is_url && !origin.is_empty()).then(|| origin.to_owned())
@@ -137,25 +143,29 @@ fn accept<B>(
     let raw_name = requested_name(request).ok_or(HandshakeError::MissingName)?;
     let name = ctx.hub.client_name(&raw_name).map_err(HandshakeError::InvalidName)?;
     let protocol = if wants_v1(request.headers()) { Protocol::V1 } else { Protocol::Classic };
-    let (registration, outbox) =
-        ctx.hub.register(name.clone(), peer, protocol).map_err(HandshakeError::NameTaken)?;
-
-    if protocol == Protocol::V1 {
-        // First in the queue, so it precedes anything routed to the client.
-        let welcome = Reply::Welcome {
-            name: name.to_string(),
-            session: registration.client().session().to_string(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            protocol: PROTOCOL_VERSION.to_owned(),
-            limits: Limits {
-                max_message_bytes: ctx.config.max_message_bytes,
-                max_queued_bytes: ctx.config.max_queued_bytes,
-                rate_messages_per_sec: ctx.config.rate_messages_per_sec,
-                rate_bytes_per_sec: ctx.config.rate_bytes_per_sec,
-            },
-        };
-        let _ = registration.client().outbox().push(Outgoing::Text(welcome.encode()));
-    }
+    // The welcome is queued before the name becomes visible to senders, so it
+    // precedes anything routed to the client.
+    let welcome = |client: &Client| {
+        (protocol == Protocol::V1).then(|| {
+            let welcome = Reply::Welcome {
+                name: client.name().to_string(),
+                session: client.session().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol: PROTOCOL_VERSION.to_owned(),
+                limits: Limits {
+                    max_message_bytes: ctx.config.max_message_bytes,
+                    max_queued_bytes: ctx.config.max_queued_bytes,
+                    rate_messages_per_sec: ctx.config.rate_messages_per_sec,
+                    rate_bytes_per_sec: ctx.config.rate_bytes_per_sec,
+                },
+            };
+            Outgoing::Text(welcome.encode())
+        })
+    };
+    let (registration, outbox) = ctx
+        .hub
+        .register_with(name.clone(), peer, protocol, welcome)
+        .map_err(HandshakeError::NameTaken)?;
 
     let ws_config = websocket_config(ctx.config.max_message_bytes);
     let settings = SessionSettings::from_config(&ctx.config);

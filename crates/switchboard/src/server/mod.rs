@@ -112,6 +112,7 @@ fn router(ctx: Arc<Context>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .nest("/api", api::routes(ctx.clone()))
+        .merge(web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(ctx.config.max_message_bytes))
         .with_state(ctx)
 }

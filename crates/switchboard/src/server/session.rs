@@ -108,7 +108,8 @@ pub(crate) async fn run<S>(
         activity.clone(),
         shutdown.clone(),
     ));
-    let reason = read_loop(stream, &hub, &client, &settings, &activity, &shutdown).await;
+    let reason =
+        read_loop(stream, &mut registration, &hub, &client, &settings, &activity, &shutdown).await;
     client.outbox().closer().close(reason);
     let reason = client
         .outbox()
@@ -122,6 +123,7 @@ pub(crate) async fn run<S>(
 
 async fn read_loop<S>(
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    registration: &mut Registration,
     hub: &Hub,
     client: &Arc<Client>,
     settings: &SessionSettings,
@@ -145,6 +147,9 @@ where
         let frame = tokio::select! {
             biased;
             () = closer.closed(), if linger_until.is_none() => {
+                // Free the name and stop routing to this client now; the
+                // close handshake below only concerns the socket.
+                leave_now(registration);
                 linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
                 continue;
             }
@@ -196,6 +201,7 @@ where
                     None => (None, String::new()),
                 };
                 closer.close(CloseReason::PeerClosed { code, reason });
+                leave_now(registration);
                 // Keep reading: tungstenite sends our reply on the next poll, then ends.
                 linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
                 continue;
@@ -229,6 +235,11 @@ where
             _ => {}
         }
     }
+}
+
+fn leave_now(registration: &mut Registration) {
+    let reason = registration.client().outbox().closer().reason().cloned();
+    registration.leave(&reason.unwrap_or(CloseReason::Dropped("closing".into())));
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -1,6 +1,8 @@
 //! Test harness: the real server on 127.0.0.1:0, real WebSocket clients.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -191,9 +193,11 @@ impl WsClient {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 
-    /// Nothing arrives within `wait`.
+    /// No data frame arrives within `wait` (pings are answered and skipped).
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(frame))) = tokio::time::timeout(wait, self.socket.next()).await {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.socket.next()).await
+        {
             if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
                 panic!("expected silence, got {frame:?}");
             }

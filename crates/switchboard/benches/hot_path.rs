@@ -1,0 +1,96 @@
+//! Criterion micro-benchmarks for the hot path (issue 6): classic JSON
+//! routing, v1 envelope encode/decode, and a registry lookup plus outbox push
+//! through [`Hub::send_direct`]. Run with `cargo bench --workspace`; CI only
+//! checks that they compile (`cargo bench --no-run`). docs/performance.md
+//! has the end-to-end figures from `scripts/bench.sh`.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{criterion_main, Criterion, Throughput};
+use switchboard::hub::{Body, Hub, HubLimits, Message, Protocol};
+use switchboard_protocol::{classic, v1};
+
+/// A classic DM as the load generator sends it: ~100 bytes.
+const CLASSIC_DM: &str = r##"{"dst":"receiver42","msg":"#s=123456;t=987654321;xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"##;
+
+/// The same DM in protocol v1.
+const V1_DM: &str = r##"{"type":"dm","to":"receiver42","text":"#s=123456;t=987654321;xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"##;
+
+const TEXT: &str =
+    "#s=123456;t=987654321;xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+fn classic_routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("classic");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_dm", |b| b.iter(|| classic::parse(black_box(CLASSIC_DM))));
+    group.bench_function("encode_direct", |b| {
+        b.iter(|| {
+            classic::encode_direct(black_box("sender42"), black_box("receiver42"), black_box(TEXT))
+        })
+    });
+    group.bench_function("parse_and_encode", |b| {
+        b.iter(|| match classic::parse(black_box(CLASSIC_DM)) {
+            classic::Inbound::Direct { dst, msg } => classic::encode_direct("sender42", &dst, &msg),
+            classic::Inbound::ToServer(text) => text,
+        })
+    });
+    group.finish();
+}
+
+fn v1_envelopes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("v1");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_request_dm", |b| b.iter(|| v1::parse_request(black_box(V1_DM))));
+    let delivery = v1::Delivery::Dm { from: "sender42", to: "receiver42", text: TEXT };
+    group.bench_function("encode_tail_dm", |b| {
+        b.iter(|| black_box(&delivery).encode_tail(1_700_000_000_000))
+    });
+    let tail = delivery.encode_tail(1_700_000_000_000);
+    group.bench_function("frame_per_recipient", |b| {
+        b.iter(|| v1::frame(black_box(&tail), black_box(12345)))
+    });
+    group.finish();
+}
+
+fn hub_routing(c: &mut Criterion) {
+    let hub = Hub::new(HubLimits::default());
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+    let mut keep = Vec::new();
+    for i in 0..10_000 {
+        let name = hub.client_name(&format!("client{i}")).unwrap_or_else(|e| panic!("{e}"));
+        keep.push(hub.register(name, addr, Protocol::Classic).unwrap_or_else(|e| panic!("{e}")));
+    }
+    let sender = keep[0].0.client().clone();
+    let mut group = c.benchmark_group("hub");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("send_direct_among_10k", |b| {
+        b.iter(|| {
+            let _ = hub.send_direct(&sender, black_box("client4242"), TEXT.to_owned());
+            // Drain so the outbox never reaches its byte limit.
+            let _ = keep[4242].1.try_recv();
+        })
+    });
+    group.bench_function("message_classic_text", |b| {
+        b.iter(|| {
+            let message = Message::new(Body::Direct {
+                from: hub.client_name("sender42").unwrap_or_else(|e| panic!("{e}")),
+                to: hub.client_name("receiver42").unwrap_or_else(|e| panic!("{e}")),
+                text: TEXT.to_owned(),
+            });
+            message.classic_text().map(str::len)
+        })
+    });
+    group.finish();
+}
+
+/// Every group, with Criterion's command-line configuration (as
+/// `criterion_group!` would generate, minus its undocumented `pub fn`).
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    classic_routing(&mut c);
+    v1_envelopes(&mut c);
+    hub_routing(&mut c);
+}
+
+criterion_main!(benches);

@@ -1,0 +1,331 @@
+//! `switchboard connect` as a real child process against the real server:
+//! DMs with v1 and classic clients, rooms, `/who`, `/send-file`, `--json`,
+//! end of input, and connection errors.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{classic, v1, TestServer, WAIT};
+use switchboard_client::{Client, Event, Events};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Most output lines a test looks through for the one it expects.
+const MAX_LINES: usize = 10_000;
+
+struct Cli {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Cli {
+    fn spawn(url: &str, name: &str, extra: &[&str]) -> Cli {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["connect", url, "--name", name])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchboard connect");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Cli { child, stdin, stdout }
+    }
+
+    /// Spawns and waits until the CLI reports its connection.
+    async fn connected(server: &TestServer, name: &str, extra: &[&str]) -> Cli {
+        let mut cli = Cli::spawn(&server.base_ws(), name, extra);
+        let json = extra.contains(&"--json");
+        cli.expect_line("connected", |line| {
+            if json {
+                line.contains(r#""type":"connected""#)
+            } else {
+                line.starts_with("* connected as")
+            }
+        })
+        .await;
+        cli
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write stdin");
+        stdin.flush().await.expect("flush stdin");
+    }
+
+    /// Reads stdout until a line matches; panics on timeout or end of output.
+    async fn expect_line(&mut self, what: &str, mut check: impl FnMut(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for _ in 0..MAX_LINES {
+            match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
+                Ok(Ok(Some(line))) if check(&line) => return line,
+                Ok(Ok(Some(_))) => continue,
+                Ok(other) => panic!("output ended while waiting for {what}: {other:?}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+        panic!("no {what} in {MAX_LINES} lines");
+    }
+
+    /// Closes stdin and waits for the exit; returns the exit code, the rest
+    /// of stdout and all of stderr.
+    async fn finish(mut self) -> (Option<i32>, Vec<String>, String) {
+        drop(self.stdin.take());
+        let mut rest = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        for _ in 0..MAX_LINES {
+            match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
+                Ok(Ok(Some(line))) => rest.push(line),
+                Ok(_) => break,
+                Err(_) => panic!("output did not end in time"),
+            }
+        }
+        let status = tokio::time::timeout_at(deadline, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait");
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = tokio::time::timeout(WAIT, pipe.read_to_string(&mut stderr)).await;
+        }
+        (status.code(), rest, stderr)
+    }
+}
+
+/// The first event `pick` accepts, within [`WAIT`] and [`MAX_LINES`] events.
+async fn next_event<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for _ in 0..MAX_LINES {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => {
+                if let Some(found) = pick(event) {
+                    return found;
+                }
+            }
+            Ok(None) => panic!("events ended"),
+            Err(_) => panic!("timed out waiting for an event"),
+        }
+    }
+    panic!("no matching event in {MAX_LINES} events");
+}
+
+/// Runs the CLI to completion with no input (for connection failures).
+async fn run_to_exit(url: &str, name: &str) -> (Option<i32>, String) {
+    let cli = Cli::spawn(url, name, &[]);
+    let (code, _, stderr) = cli.finish().await;
+    (code, stderr)
+}
+
+#[tokio::test]
+async fn direct_messages_both_ways_with_a_v1_socket() {
+    let server = TestServer::start().await;
+    let mut cli = Cli::connected(&server, "alice", &[]).await;
+    let mut bob = v1(&server, "bob").await;
+
+    cli.send("@bob hello bob").await;
+    let dm = bob.recv_json().await;
+    assert_eq!((dm["type"].as_str(), dm["from"].as_str()), (Some("dm"), Some("alice")), "{dm}");
+    assert_eq!(dm["text"], "hello bob");
+
+    bob.send_json(serde_json::json!({"type": "dm", "id": "1", "to": "alice", "text": "hi alice"}))
+        .await;
+    assert_eq!(bob.recv_json().await["type"], "ack");
+    cli.expect_line("bob's DM", |line| line == "[bob] hi alice").await;
+
+    let (code, _, stderr) = cli.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn classic_clients_and_the_cli_interoperate() {
+    let server = TestServer::start().await;
+    let mut cli = Cli::connected(&server, "alice", &[]).await;
+    let mut carol = classic(&server, "carol").await;
+
+    cli.send("@carol hi carol").await;
+    let dm = carol.recv_json().await;
+    assert_eq!(dm, serde_json::json!({"src": "alice", "dst": "carol", "msg": "hi carol"}));
+
+    carol.send(r#"{"src":"mallory","dst":"alice","msg":"hi alice"}"#).await;
+    cli.expect_line("carol's DM", |line| line == "[carol] hi alice").await;
+
+    // An operator broadcast reaches both.
+    let http = reqwest::Client::new();
+    let response = http
+        .post(server.http("/api/broadcast"))
+        .body("maintenance at noon")
+        .send()
+        .await
+        .expect("post");
+    assert!(response.status().is_success());
+    cli.expect_line("broadcast", |line| line == "[server] maintenance at noon").await;
+    assert!(carol.recv_text().await.contains("maintenance at noon"));
+
+    let (code, _, stderr) = cli.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn rooms_and_who() {
+    let server = TestServer::start().await;
+    let mut cli = Cli::connected(&server, "alice", &[]).await;
+    let mut bob = v1(&server, "bob").await;
+    bob.send_json(serde_json::json!({"type": "join", "id": "j", "room": "lobby"})).await;
+    assert_eq!(bob.recv_json().await["type"], "ack");
+
+    cli.send("/join lobby").await;
+    common::eventually("alice in lobby", || {
+        server.hub.room("lobby").is_some_and(|room| room.members.len() == 2)
+    })
+    .await;
+    cli.send("#lobby hello room").await;
+    let message = bob.recv_json().await;
+    assert_eq!((message["type"].as_str(), message["room"].as_str()), (Some("room"), Some("lobby")));
+    assert_eq!(
+        (message["from"].as_str(), message["text"].as_str()),
+        (Some("alice"), Some("hello room"))
+    );
+
+    bob.send_json(serde_json::json!({"type": "publish", "room": "lobby", "text": "hi all"})).await;
+    cli.expect_line("room message", |line| line == "[#lobby bob] hi all").await;
+
+    cli.send("/who").await;
+    cli.expect_line("who", |line| line == "online: alice, bob").await;
+    cli.send("/members lobby").await;
+    cli.expect_line("members", |line| line == "members of #lobby: alice, bob").await;
+
+    cli.send("/leave lobby").await;
+    cli.send("#lobby anyone?").await;
+    cli.expect_line("not-member error", |line| {
+        line.starts_with("error: ") && line.contains("not_member")
+    })
+    .await;
+
+    cli.send("some words for the operator").await;
+    let (code, _, stderr) = cli.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn json_output_is_one_object_per_line() {
+    let server = TestServer::start().await;
+    let mut cli = Cli::connected(&server, "alice", &["--json"]).await;
+    let (bob, _bob_events) = Client::connect(server.base_ws(), "bob").await.expect("bob");
+
+    bob.send_direct("alice", "line one\nline two").expect("dm");
+    let line = cli.expect_line("dm", |line| line.contains(r#""type":"dm""#)).await;
+    let dm: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(dm["from"], "bob");
+    assert_eq!(dm["text"], "line one\nline two");
+    assert!(dm["seq"].as_u64().is_some() && dm["ts"].as_u64().is_some(), "{dm}");
+
+    cli.send("@nobody hello?").await;
+    let line = cli.expect_line("error", |line| line.contains(r#""type":"error""#)).await;
+    let error: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(error["code"], "recipient_offline");
+
+    let (code, rest, stderr) = cli.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in rest {
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value["type"].is_string(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn end_of_input_delivers_everything_then_exits_0() {
+    let server = TestServer::start().await;
+    let (_bob, mut bob_events) = Client::connect(server.base_ws(), "bob").await.expect("bob");
+    let mut cli = Cli::connected(&server, "alice", &[]).await;
+    let count = 500;
+    let input: String = (0..count).map(|i| format!("@bob message {i}\n")).collect();
+    cli.stdin.as_mut().expect("stdin").write_all(input.as_bytes()).await.expect("write");
+    let (code, _, stderr) = cli.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    for i in 0..count {
+        let expected = format!("message {i}");
+        let text = next_event(&mut bob_events, |event| match event {
+            Event::Direct { text, .. } => Some(text),
+            _ => None,
+        })
+        .await;
+        assert_eq!(text, expected);
+    }
+}
+
+#[tokio::test]
+async fn send_file_delivers_the_bytes() {
+    let server = TestServer::start().await;
+    let (_bob, mut bob_events) = Client::connect(server.base_ws(), "bob").await.expect("bob");
+    let mut cli = Cli::connected(&server, "alice", &[]).await;
+    let path = std::env::temp_dir().join(format!("switchboard-cli-{}.bin", std::process::id()));
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("write file");
+
+    cli.send(&format!("/send-file bob {}", path.display())).await;
+    let (from, payload) = next_event(&mut bob_events, |event| match event {
+        Event::Binary { from, payload, .. } => Some((from, payload)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, "alice");
+    assert_eq!(&payload[..], &data[..]);
+
+    cli.send("/send-file bob /nonexistent/file").await;
+    let (code, _, stderr) = cli.finish().await;
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("cannot read /nonexistent/file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_closed_port_fails_with_one_line() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let url = format!("ws://{addr}");
+    let (code, stderr) = run_to_exit(&url, "alice").await;
+    assert_ne!(code, Some(0));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("switchboard: cannot connect to {url}: ")), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_taken_name_fails_with_the_reason() {
+    let server = TestServer::start().await;
+    let _alice = classic(&server, "alice").await;
+    let (code, stderr) = run_to_exit(&server.base_ws(), "alice").await;
+    assert_ne!(code, Some(0));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(r#"name "alice" is already online"#), "{stderr}");
+
+    let (code, stderr) = run_to_exit(&server.base_ws(), "bad\tname").await;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("invalid client name"), "{stderr}");
+}
+
+#[tokio::test]
+async fn losing_the_connection_for_good_exits_non_zero() {
+    let server = TestServer::start().await;
+    let mut cli = Cli::connected(&server, "alice", &["--no-reconnect"]).await;
+    server.stop().await;
+    cli.expect_line("disconnect", |line| line.starts_with("* disconnected (1001)")).await;
+    // Stdin stays open: the exit is caused by the lost connection alone.
+    let status =
+        tokio::time::timeout(WAIT, cli.child.wait()).await.expect("exit in time").expect("wait");
+    assert_ne!(status.code(), Some(0));
+    let mut stderr = String::new();
+    let mut pipe = cli.child.stderr.take().expect("stderr");
+    tokio::time::timeout(WAIT, pipe.read_to_string(&mut stderr))
+        .await
+        .expect("stderr")
+        .expect("read");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("lost: server shutting down"), "{stderr}");
+}
