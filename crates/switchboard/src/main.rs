@@ -103,7 +103,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("switchboard: {error:#}");
+            // One line, even when a cause (a TOML parse error) spans several.
+            let message = format!("{error:#}");
+            eprintln!("switchboard: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
             ExitCode::FAILURE
         }
     }

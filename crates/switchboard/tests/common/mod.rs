@@ -224,8 +224,13 @@ impl WsClient {
         }
     }
 
+    /// Closes with 1000 "bye" and waits for the server's reply.
     pub async fn close(mut self) {
-        let _ = self.socket.close(None).await;
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        let _ = self.socket.close(Some(frame)).await;
         while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.socket.next()).await {}
     }
 }

@@ -1,0 +1,165 @@
+//! The operator API: the tutorial's server window over HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use switchboard::config::Config;
+
+#[tokio::test]
+async fn clients_lists_name_address_and_connected_since() {
+    let server = TestServer::start().await;
+    let _alice = classic(&server, "alice").await;
+    let _bob = v1(&server, "bob").await;
+    let clients: Vec<Value> =
+        reqwest::get(server.http("/api/clients")).await.expect("get").json().await.expect("json");
+    let names: Vec<&str> = clients.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    for client in &clients {
+        assert!(client["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{client}");
+        assert!(client["connected_since"].as_str().is_some_and(|t| t.ends_with('Z')), "{client}");
+    }
+    assert_eq!(clients[0]["protocol"], "classic");
+    assert_eq!(clients[1]["protocol"], "v1");
+}
+
+#[tokio::test]
+async fn broadcast_reaches_everyone_and_reports_how_many() {
+    let server = TestServer::start().await;
+    let mut alice = classic(&server, "alice").await;
+    let mut bob = v1(&server, "bob").await;
+    let http = reqwest::Client::new();
+    let reply: Value = http
+        .post(server.http("/api/broadcast"))
+        .body("hello everyone")
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(reply, json!({"delivered": 2}));
+    assert_eq!(alice.recv_text().await, "hello everyone", "classic clients get plain text");
+    let got = bob.recv_json().await;
+    assert_eq!(
+        (got["type"].as_str(), got["text"].as_str()),
+        (Some("server"), Some("hello everyone"))
+    );
+    assert_eq!(got["broadcast"], true);
+}
+
+#[tokio::test]
+async fn send_to_one_reaches_only_that_client_and_404s_when_offline() {
+    let server = TestServer::start().await;
+    let mut alice = classic(&server, "alice").await;
+    let mut bob = classic(&server, "bob").await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(server.http("/api/clients/alice/messages"))
+        .body("just you")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    assert_eq!(alice.recv_text().await, "just you");
+    bob.expect_silence(Duration::from_millis(200)).await;
+    let response = http
+        .post(server.http("/api/clients/nobody/messages"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("nobody is not online")), "{body}");
+}
+
+#[tokio::test]
+async fn admin_token_is_required_when_configured() {
+    let server =
+        TestServer::start_with(Config { admin_token: Some("s3cret".into()), ..test_config() })
+            .await;
+    let http = reqwest::Client::new();
+    let missing = http.get(server.http("/api/clients")).send().await.expect("get");
+    assert_eq!(missing.status(), 401);
+    let wrong =
+        http.get(server.http("/api/clients")).bearer_auth("nope").send().await.expect("get");
+    assert_eq!(wrong.status(), 401);
+    let body: Value = wrong.json().await.expect("json");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("admin token")), "{body}");
+    let right =
+        http.get(server.http("/api/clients")).bearer_auth("s3cret").send().await.expect("get");
+    assert_eq!(right.status(), 200);
+    // Health checks stay open for load balancers.
+    assert_eq!(http.get(server.http("/healthz")).send().await.expect("get").status(), 200);
+}
+
+/// Reads SSE `data:` lines until `want` events have arrived.
+async fn read_events(response: reqwest::Response, want: usize) -> Vec<Value> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while events.len() < want {
+        let chunk = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("event in time")
+            .expect("stream")
+            .expect("chunk");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    events.push(serde_json::from_str(data.trim()).expect("event JSON"));
+                }
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn events_stream_joins_messages_and_leaves_with_reasons() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(server.http("/api/events")).await.expect("events");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .starts_with("text/event-stream"));
+    let reader = tokio::spawn(read_events(response, 3));
+    // Give the subscription a moment to be registered before the events happen.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut alice = classic(&server, "alice").await;
+    alice.send("hello operator").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    alice.close().await;
+    let events = reader.await.expect("reader");
+    assert_eq!(events[0]["type"], "join");
+    assert_eq!(events[0]["name"], "alice");
+    assert_eq!(events[1]["type"], "message");
+    assert_eq!(events[1]["text"], "hello operator");
+    assert_eq!(events[2]["type"], "leave");
+    assert_eq!(events[2]["code"], 1000, "{}", events[2]);
+    assert_eq!(events[2]["reason"], "client closed: bye");
+}
+
+#[tokio::test]
+async fn refused_handshakes_and_bad_input_appear_as_error_events() {
+    let server = TestServer::start().await;
+    let mut events = server.hub.subscribe_events();
+    let _alice = classic(&server, "alice").await;
+    let _ = refused(&server.ws_url("alice"), None).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event =
+            tokio::time::timeout_at(deadline, events.recv()).await.expect("event").expect("recv");
+        if let switchboard::hub::EventKind::Error { message, .. } = event.kind {
+            assert!(message.contains("already online"), "{message}");
+            break;
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `serve --config FILE`: the file sets the same options as the flags, flags
+//! win, and a bad file stops the binary with a one-line reason.
+
+mod common;
+
+use common::process::ServerProcess;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn options_from_the_config_file_are_applied() {
+    let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("switchboard.toml");
+    std::fs::write(&path, "# a test configuration\nmax_message_bytes = 100\nmax_queued_bytes = 4096\n").expect("write");
+    let server = ServerProcess::start(&["--config", path.to_str().expect("utf-8 path")]).await;
+    let (mut client, _) = tokio_tungstenite::connect_async(server.ws_url("alice")).await.expect("connect");
+    client.send(Message::text("x".repeat(200))).await.expect("send");
+    let close = loop {
+        match tokio::time::timeout(common::WAIT, client.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1009), "the file's 100-byte limit is in force");
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_refused_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("switchboard-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "max_message_bytes = \"lots\"\n").expect("write");
+    let cases: [&[&str]; 3] = [
+        &["serve", "--config", path.to_str().expect("path")],
+        &["serve", "--config", "/nonexistent/switchboard.toml"],
+        &["serve", "--listen", "127.0.0.1:0", "--ping-interval-secs", "0"],
+    ];
+    for args in cases {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .output()
+            .await
+            .expect("run");
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].starts_with("switchboard: "), "{stderr}");
+    }
+}
