@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh            # full run, about 3 minutes after the build
 #   BENCH_QUICK=1 scripts/bench.sh   # small sizes, to check that it works
+#   BENCH_TARGETS=switchboard BENCH_DOC=target/bench/quick.md BENCH_OUT=target/bench/quick \
+#     BENCH_QUICK=1 scripts/bench.sh   # one server, without touching docs/
 #
 # Loopback only; every workload is bounded in count and in time.
 set -euo pipefail
@@ -14,7 +16,9 @@ cd "$(dirname "$0")/.."
 BIN=target/release
 OUT_DIR=${BENCH_OUT:-target/bench}
 RESULTS=$OUT_DIR/results.jsonl
-DOC=docs/performance.md
+DOC=${BENCH_DOC:-docs/performance.md}
+# BENCH_TARGETS="switchboard" runs only some of the servers (for quick iterations).
+TARGETS=${BENCH_TARGETS:-switchboard naive-hub raw-relay}
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 PORT_SB=${BENCH_PORT_SB:-28881}
@@ -71,11 +75,12 @@ run() {
 }
 
 START=$(date -u +%s)
-run switchboard switchboard "ws://127.0.0.1:$PORT_SB" "$PORT_SB" -- \
+want() { [[ " $TARGETS " == *" $1 "* ]]; }
+want switchboard && run switchboard switchboard "ws://127.0.0.1:$PORT_SB" "$PORT_SB" -- \
   "$BIN/switchboard" serve --listen "127.0.0.1:$PORT_SB" --rate-messages-per-sec 0 --rate-bytes-per-sec 0
-run naive-hub naive "ws://127.0.0.1:$PORT_NAIVE" "$PORT_NAIVE" -- \
+want naive-hub && run naive-hub naive "ws://127.0.0.1:$PORT_NAIVE" "$PORT_NAIVE" -- \
   "$BIN/naive-hub" --listen "127.0.0.1:$PORT_NAIVE"
-run raw-relay raw "127.0.0.1:$PORT_RAW" "$PORT_RAW" -- \
+want raw-relay && run raw-relay raw "127.0.0.1:$PORT_RAW" "$PORT_RAW" -- \
   "$BIN/raw-relay" --listen "127.0.0.1:$PORT_RAW"
 ELAPSED=$(( $(date -u +%s) - START ))
 

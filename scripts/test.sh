@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
+# Benchmarks are run by scripts/bench.sh; here they only have to keep compiling.
+cargo bench --workspace --no-run
 
 if [ -d tests/browser ]; then
   if [ ! -d node_modules/playwright-core ]; then

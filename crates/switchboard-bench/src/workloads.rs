@@ -37,6 +37,9 @@ pub struct Ctx {
     pub max_secs: f64,
     /// Payload bytes per message.
     pub size: usize,
+    /// Cluster mode (issue 8): where `dm` receivers connect, so that every
+    /// DM crosses nodes; `None` puts them on [`Ctx::target`] with the senders.
+    pub receiver_target: Option<Target>,
     tag: String,
     next: AtomicU32,
 }
@@ -56,6 +59,7 @@ impl Ctx {
             server_pid: server_pid.map(|p| p.to_string()),
             max_secs,
             size,
+            receiver_target: None,
             tag: format!("b{}x", std::process::id() % 100_000),
             next: AtomicU32::new(0),
         }
@@ -165,17 +169,27 @@ async fn connect_many(
     v1: bool,
     concurrency: usize,
 ) -> (Vec<(Ident, Conn)>, Vec<u64>, Vec<String>) {
+    connect_many_to(ctx, &ctx.target, n, v1, concurrency).await
+}
+
+async fn connect_many_to(
+    ctx: &Arc<Ctx>,
+    target: &Target,
+    n: usize,
+    v1: bool,
+    concurrency: usize,
+) -> (Vec<(Ident, Conn)>, Vec<u64>, Vec<String>) {
     let permits = Rc::new(Semaphore::new(concurrency.max(1)));
     let deadline = ctx.deadline();
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
         let ident = ctx.ident();
-        let ctx = ctx.clone();
+        let target = target.clone();
         let permits = permits.clone();
         handles.push(spawn_local(async move {
             let _permit = permits.acquire().await;
             let t = now_ns();
-            let conn = tokio::time::timeout_at(deadline, Conn::connect(&ctx.target, &ident, v1))
+            let conn = tokio::time::timeout_at(deadline, Conn::connect(&target, &ident, v1))
                 .await
                 .map_err(|_| "timed out".to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
@@ -199,7 +213,16 @@ async fn connect_many(
 }
 
 async fn connect_all(ctx: &Arc<Ctx>, n: usize, v1: bool) -> anyhow::Result<Vec<(Ident, Conn)>> {
-    let (conns, _, errors) = connect_many(ctx, n, v1, 256).await;
+    connect_all_to(ctx, &ctx.target, n, v1).await
+}
+
+async fn connect_all_to(
+    ctx: &Arc<Ctx>,
+    target: &Target,
+    n: usize,
+    v1: bool,
+) -> anyhow::Result<Vec<(Ident, Conn)>> {
+    let (conns, _, errors) = connect_many_to(ctx, target, n, v1, 256).await;
     if let Some(first) = errors.first() {
         anyhow::bail!("{} of {n} connects failed; first: {first}", errors.len());
     }
@@ -352,7 +375,8 @@ async fn close_all(conns: impl IntoIterator<Item = Conn>) {
 /// # Errors
 /// When the clients cannot connect.
 pub async fn dm(ctx: &Arc<Ctx>, p: &DmParams, variant: &str) -> anyhow::Result<Value> {
-    let receivers = connect_all(ctx, p.pairs, false).await?;
+    let receivers =
+        connect_all_to(ctx, ctx.receiver_target.as_ref().unwrap_or(&ctx.target), p.pairs, false).await?;
     let senders = connect_all(ctx, p.pairs, false).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let total = p.pairs as u64 * p.messages;

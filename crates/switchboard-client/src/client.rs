@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::connection::{open, session_url};
+use crate::connection::{open, Endpoint};
 use crate::error::{ConnectError, SendError};
 use crate::event::{Events, State};
 use crate::options::ClientBuilder;
@@ -93,8 +93,8 @@ impl Client {
     }
 
     pub(crate) async fn start(options: ClientBuilder) -> Result<(Client, Events), ConnectError> {
-        let url = session_url(&options.url, &options.name)?;
-        let (socket, welcome) = open(&url, options.connect_timeout).await?;
+        let endpoint = Endpoint::new(&options.url, &options.name, options.ca.as_ref())?;
+        let (socket, welcome) = open(&endpoint, options.connect_timeout).await?;
         let (commands, command_receiver) = mpsc::channel(options.send_queue_capacity);
         let (event_sender, receiver) = mpsc::channel(options.event_capacity);
         let shared = Arc::new(Shared {
@@ -104,7 +104,7 @@ impl Client {
             capacity: options.send_queue_capacity,
             name: options.name.clone(),
         });
-        let task = Task::new(url, &options, command_receiver, event_sender, shared.clone());
+        let task = Task::new(endpoint, &options, command_receiver, event_sender, shared.clone());
         tokio::spawn(task.run(socket, welcome));
         Ok((Client { commands, shared }, Events { receiver }))
     }

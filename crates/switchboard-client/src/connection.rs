@@ -1,5 +1,12 @@
-//! Opening one session: URL with `?name=`, the v1 subprotocol, and the welcome.
+//! Opening one session: URL with `?name=`, the v1 subprotocol, TLS for
+//! `wss://`, and the welcome.
+//!
+//! TLS is rustls with the `ring` provider, set per connection rather than
+//! process-wide, trusting the system's roots plus an optional extra CA
+//! ([`ClientBuilder::ca_pem`](crate::ClientBuilder::ca_pem)) for hubs with a
+//! self-signed or private certificate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -9,19 +16,75 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::error::ConnectError;
 use crate::event::Welcome;
+use crate::options::CaPem;
 
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where to connect: the session URL and, for `wss://`, the TLS settings,
+/// built once and reused by every reconnection.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) url: url::Url,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Endpoint {
+    /// The endpoint for `url` as `name`; `ca` is trusted in addition to the
+    /// system's roots (it is only read for `wss://`).
+    pub(crate) fn new(url: &str, name: &str, ca: Option<&CaPem>) -> Result<Endpoint, ConnectError> {
+        let url = session_url(url, name)?;
+        let tls = match url.scheme() {
+            "wss" => Some(tls_config(ca)?),
+            _ => None,
+        };
+        Ok(Endpoint { url, tls })
+    }
+}
+
+/// The client TLS configuration: the system's roots plus `ca`.
+fn tls_config(ca: Option<&CaPem>) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: the extra CA may be all we need.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = ca {
+        let invalid = |reason: String| ConnectError::Ca { origin: ca.origin(), reason };
+        let certs = match ca {
+            CaPem::File(path) => CertificateDer::pem_file_iter(path)
+                .map_err(|e| invalid(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>(),
+            CaPem::Bytes(bytes) => CertificateDer::pem_slice_iter(bytes).collect(),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(invalid("no PEM certificate found".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
 
 /// `url` with the `name` query parameter set (replacing any already there).
 pub(crate) fn session_url(url: &str, name: &str) -> Result<url::Url, ConnectError> {
     let invalid = |reason: String| ConnectError::InvalidUrl { url: url.to_owned(), reason };
     let mut parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-    if parsed.scheme() != "ws" {
-        return Err(invalid("the scheme must be ws:// (wss:// is not supported)".into()));
+    if !matches!(parsed.scheme(), "ws" | "wss") {
+        return Err(invalid("the scheme must be ws:// or wss://".into()));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
@@ -34,23 +97,30 @@ pub(crate) fn session_url(url: &str, name: &str) -> Result<url::Url, ConnectErro
 
 /// Connects, negotiates v1 and reads the welcome, all within `timeout`.
 pub(crate) async fn open(
-    url: &url::Url,
+    endpoint: &Endpoint,
     timeout: Duration,
 ) -> Result<(Socket, Welcome), ConnectError> {
-    tokio::time::timeout(timeout, open_inner(url))
+    tokio::time::timeout(timeout, open_inner(endpoint))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
 }
 
-async fn open_inner(url: &url::Url) -> Result<(Socket, Welcome), ConnectError> {
-    let mut request =
-        url.as_str().into_client_request().map_err(|e| ConnectError::Handshake(e.to_string()))?;
+async fn open_inner(endpoint: &Endpoint) -> Result<(Socket, Welcome), ConnectError> {
+    let mut request = endpoint
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL_V1));
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .map_err(handshake_error)?;
+    // Always pass our connector for wss://: tokio-tungstenite's own would need
+    // a process-wide rustls provider and would not know the extra CA.
+    let connector = endpoint.tls.clone().map(Connector::Rustls);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+            .await
+            .map_err(handshake_error)?;
     // The hub queues the welcome before anything else, so it is the first data frame.
     loop {
         match socket.next().await {
@@ -81,7 +151,13 @@ async fn open_inner(url: &url::Url) -> Result<(Socket, Welcome), ConnectError> {
 
 fn handshake_error(error: WsError) -> ConnectError {
     match error {
+        // tokio-rustls reports a refused certificate as an I/O error around
+        // rustls's own error; name it, since it is not a network failure.
+        WsError::Io(error) if error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            ConnectError::Tls(error.to_string())
+        }
         WsError::Io(error) => ConnectError::Io(error),
+        WsError::Tls(error) => ConnectError::Tls(error.to_string()),
         WsError::Http(response) => {
             let reason = response
                 .body()
@@ -109,7 +185,7 @@ mod tests {
             ("ws://h:1/?name=x&k=v", "a b", Some("ws://h:1/?k=v&name=a+b")),
             ("ws://h:1/path", "C1我", Some("ws://h:1/path?name=C1%E6%88%91")),
             ("http://h:1", "a", None),
-            ("wss://h:1", "a", None),
+            ("wss://h:1", "a", Some("wss://h:1/?name=a")),
             ("not a url", "a", None),
         ];
         for (url, name, expected) in cases {

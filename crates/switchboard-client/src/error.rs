@@ -3,7 +3,7 @@
 /// Why connecting (or reconnecting) to the hub failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The URL cannot be used (not `ws://`, no host, unparsable).
+    /// The URL cannot be used (not `ws://` or `wss://`, no host, unparsable).
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -28,6 +28,19 @@ pub enum ConnectError {
     /// The hub did not complete the handshake and welcome in time.
     #[error("no welcome from the hub within {0:?}")]
     Timeout(std::time::Duration),
+    /// The extra CA certificate ([`ClientBuilder::ca_pem`](crate::ClientBuilder::ca_pem))
+    /// cannot be used: unreadable, or no valid PEM certificate in it.
+    #[error("cannot load CA certificate {origin}: {reason}")]
+    Ca {
+        /// The file, or "(PEM bytes)".
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS handshake failed, e.g. the hub's certificate is not trusted
+    /// (pass its CA with [`ClientBuilder::ca_pem`](crate::ClientBuilder::ca_pem)).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 impl ConnectError {
@@ -44,7 +57,8 @@ impl ConnectError {
     }
 
     /// True when retrying cannot help: the hub refused this request with an
-    /// HTTP 4xx status (name taken, invalid name) or the URL is unusable.
+    /// HTTP 4xx status (name taken, invalid name), the URL is unusable, or the
+    /// extra CA certificate cannot be loaded.
     ///
     /// ```
     /// use switchboard_client::ConnectError;
@@ -55,7 +69,7 @@ impl ConnectError {
     /// ```
     pub fn is_permanent(&self) -> bool {
         match self {
-            ConnectError::InvalidUrl { .. } => true,
+            ConnectError::InvalidUrl { .. } | ConnectError::Ca { .. } => true,
             // 408 and 429 say "later", not "never".
             ConnectError::Rejected { status, .. } => {
                 (400..500).contains(status) && *status != 408 && *status != 429

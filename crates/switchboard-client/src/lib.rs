@@ -51,6 +51,6 @@ mod task;
 pub use client::Client;
 pub use error::{ConnectError, SendError};
 pub use event::{Event, Events, State, Welcome};
-pub use options::{ClientBuilder, ReconnectPolicy};
+pub use options::{CaPem, ClientBuilder, ReconnectPolicy};
 pub use outbound::{Outbound, Target};
 pub use switchboard_protocol::v1::{ErrorCode, Limits, PresenceEvent};

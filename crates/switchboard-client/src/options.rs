@@ -1,6 +1,7 @@
-//! Client options: the [`ReconnectPolicy`] and the queue sizes, gathered by
-//! [`ClientBuilder`].
+//! Client options: the [`ReconnectPolicy`], the queue sizes and the extra
+//! CA certificate for `wss://` ([`CaPem`]), gathered by [`ClientBuilder`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::client::Client;
@@ -100,6 +101,58 @@ impl ReconnectPolicy {
     }
 }
 
+/// A CA certificate (PEM) to trust for `wss://`, in addition to the system's
+/// roots: a file to read, or the PEM text itself. For a hub with a
+/// self-signed certificate, this is the certificate.
+///
+/// ```
+/// use switchboard_client::CaPem;
+/// let from_file = CaPem::from(std::path::Path::new("ca.pem"));
+/// let from_bytes = CaPem::from(b"-----BEGIN CERTIFICATE-----...".to_vec());
+/// assert_ne!(from_file, from_bytes);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaPem {
+    /// A PEM file, read when connecting.
+    File(PathBuf),
+    /// PEM text (one or more `CERTIFICATE` blocks).
+    Bytes(Vec<u8>),
+}
+
+impl CaPem {
+    /// Where the certificate comes from, for error messages.
+    pub(crate) fn origin(&self) -> String {
+        match self {
+            CaPem::File(path) => path.display().to_string(),
+            CaPem::Bytes(_) => "(PEM bytes)".to_owned(),
+        }
+    }
+}
+
+impl From<PathBuf> for CaPem {
+    fn from(path: PathBuf) -> Self {
+        CaPem::File(path)
+    }
+}
+
+impl From<&Path> for CaPem {
+    fn from(path: &Path) -> Self {
+        CaPem::File(path.to_owned())
+    }
+}
+
+impl From<Vec<u8>> for CaPem {
+    fn from(pem: Vec<u8>) -> Self {
+        CaPem::Bytes(pem)
+    }
+}
+
+impl From<&[u8]> for CaPem {
+    fn from(pem: &[u8]) -> Self {
+        CaPem::Bytes(pem.to_vec())
+    }
+}
+
 /// Options for a [`Client`]; [`Client::connect`] uses the defaults.
 ///
 /// ```no_run
@@ -123,10 +176,12 @@ pub struct ClientBuilder {
     pub(crate) max_in_flight: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) keepalive: Option<Duration>,
+    pub(crate) ca: Option<CaPem>,
 }
 
 impl ClientBuilder {
-    /// Options for connecting to `url` (`ws://HOST:PORT`, any path) as `name`.
+    /// Options for connecting to `url` (`ws://HOST:PORT` or `wss://HOST:PORT`,
+    /// any path) as `name`.
     pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
         ClientBuilder {
             url: url.into(),
@@ -137,7 +192,17 @@ impl ClientBuilder {
             max_in_flight: 1024,
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(30)),
+            ca: None,
         }
+    }
+
+    /// Also trust this CA certificate for `wss://` (a file path or PEM bytes),
+    /// e.g. a hub's self-signed certificate; the system's roots stay trusted.
+    /// A CA that cannot be loaded fails [`connect`](ClientBuilder::connect)
+    /// with [`ConnectError::Ca`]. Not used for `ws://`.
+    pub fn ca_pem(mut self, ca: impl Into<CaPem>) -> Self {
+        self.ca = Some(ca.into());
+        self
     }
 
     /// How to reconnect after the connection is lost (default: on, see [`ReconnectPolicy`]).

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Shared;
-use crate::connection::{open, Socket};
+use crate::connection::{open, Endpoint, Socket};
 use crate::error::ConnectError;
 use crate::event::{Event, State, Welcome};
 use crate::options::{ClientBuilder, ReconnectPolicy};
@@ -74,7 +74,7 @@ enum End {
 }
 
 pub(crate) struct Task {
-    url: url::Url,
+    endpoint: Endpoint,
     policy: ReconnectPolicy,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
@@ -109,14 +109,14 @@ async fn close_requested(close: &mut watch::Receiver<bool>) {
 
 impl Task {
     pub(crate) fn new(
-        url: url::Url,
+        endpoint: Endpoint,
         options: &ClientBuilder,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         shared: Arc<Shared>,
     ) -> Task {
         Task {
-            url,
+            endpoint,
             policy: options.reconnect.clone(),
             connect_timeout: options.connect_timeout,
             keepalive: options.keepalive,
@@ -443,14 +443,14 @@ impl Task {
             }
             let delay = self.policy.delay(attempt);
             self.emit(Event::Reconnecting { attempt, delay }).await;
-            let url = &self.url;
+            let endpoint = &self.endpoint;
             let timeout = self.connect_timeout;
             let opened = tokio::select! {
                 biased;
                 () = close_requested(&mut self.close) => return None,
                 opened = async {
                     tokio::time::sleep(delay).await;
-                    open(url, timeout).await
+                    open(endpoint, timeout).await
                 } => opened,
             };
             let failure = match opened {

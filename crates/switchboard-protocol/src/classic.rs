@@ -10,7 +10,10 @@
 //! sender's real name, stamped by the hub. Whatever `src` the client wrote is
 //! ignored.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// What a classic client's text frame asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +30,64 @@ pub enum Inbound {
 }
 
 #[derive(Deserialize)]
-struct DirectShape {
-    dst: Option<String>,
-    #[serde(default)]
-    msg: Option<serde_json::Value>,
+struct DirectShape<'a> {
+    #[serde(borrow)]
+    dst: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    msg: Option<&'a RawValue>,
+}
+
+/// A classic private message as parsed by [`parse_direct`]: borrowed from the
+/// frame where possible, with `msg` also kept as the JSON text the client
+/// wrote, so that a classic recipient's frame can be built without escaping
+/// the text again ([`encode_direct_raw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDirect<'a> {
+    /// The recipient's name, as the client wrote it (not yet validated).
+    pub dst: Cow<'a, str>,
+    /// The message text (a non-string `msg` is kept as its compact JSON text).
+    pub msg: Cow<'a, str>,
+    /// `msg` as a JSON string literal, quotes included: the client's own
+    /// escaping when it sent a string, else `msg` encoded by serde.
+    pub msg_json: Cow<'a, str>,
+}
+
+/// Classifies a classic client's text frame without copying: `Some` for a
+/// private message, `None` for a message to the server (the frame itself).
+/// Same classification as [`parse`].
+///
+/// ```
+/// use switchboard_protocol::classic::parse_direct;
+/// let dm = parse_direct(r#"{"dst":"bob","msg":"a \"b\""}"#).unwrap();
+/// assert_eq!((&*dm.dst, &*dm.msg, &*dm.msg_json), ("bob", "a \"b\"", r#""a \"b\"""#));
+/// assert!(parse_direct("hello server").is_none());
+/// ```
+pub fn parse_direct(text: &str) -> Option<RawDirect<'_>> {
+    // Cheap pre-check: only something that looks like an object can be a DM.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let DirectShape { dst, msg } = serde_json::from_str::<DirectShape<'_>>(text).ok()?;
+    let dst = dst?;
+    let (msg, msg_json) = match msg.map(RawValue::get) {
+        None | Some("null") => (Cow::Borrowed(""), Cow::Borrowed("\"\"")),
+        Some(raw) if raw.starts_with('"') => {
+            // A string: unescape only when it has escapes; keep the raw literal.
+            let msg = match serde_json::from_str::<&str>(raw) {
+                Ok(borrowed) => Cow::Borrowed(borrowed),
+                Err(_) => Cow::Owned(serde_json::from_str::<String>(raw).ok()?),
+            };
+            (msg, Cow::Borrowed(raw))
+        }
+        Some(raw) => {
+            // Any other JSON value: its compact text, as a string (rare path).
+            let value = serde_json::from_str::<serde_json::Value>(raw).ok()?;
+            let compact = value.to_string();
+            let literal = serde_json::to_string(&compact).ok()?;
+            (Cow::Owned(compact), Cow::Owned(literal))
+        }
+    };
+    Some(RawDirect { dst, msg, msg_json })
 }
 
 /// Classifies a classic client's text frame. Never fails: what is not a
@@ -45,20 +102,11 @@ struct DirectShape {
 /// assert_eq!(parse("hello server"), Inbound::ToServer("hello server".into()));
 /// ```
 pub fn parse(text: &str) -> Inbound {
-    // Cheap pre-check: only something that looks like an object can be a DM.
-    if !text.trim_start().starts_with('{') {
-        return Inbound::ToServer(text.to_owned());
-    }
-    match serde_json::from_str::<DirectShape>(text) {
-        Ok(DirectShape { dst: Some(dst), msg }) => {
-            let msg = match msg {
-                None | Some(serde_json::Value::Null) => String::new(),
-                Some(serde_json::Value::String(s)) => s,
-                Some(other) => other.to_string(),
-            };
-            Inbound::Direct { dst, msg }
+    match parse_direct(text) {
+        Some(RawDirect { dst, msg, .. }) => {
+            Inbound::Direct { dst: dst.into_owned(), msg: msg.into_owned() }
         }
-        _ => Inbound::ToServer(text.to_owned()),
+        None => Inbound::ToServer(text.to_owned()),
     }
 }
 
@@ -82,6 +130,30 @@ pub struct Direct<'a> {
 /// ```
 pub fn encode_direct(src: &str, dst: &str, msg: &str) -> String {
     serde_json::to_string(&Direct { src, dst, msg }).unwrap_or_default()
+}
+
+/// As [`encode_direct`], with `msg_json` already a JSON string literal
+/// (quotes included, e.g. [`RawDirect::msg_json`]), spliced in as is: the
+/// text is not unescaped and escaped again. `src` and `dst` are still escaped
+/// by serde. The result is the same JSON value as [`encode_direct`]'s; only
+/// the escaping of `msg` may differ (it is the sender's).
+///
+/// ```
+/// use switchboard_protocol::classic::encode_direct_raw;
+/// assert_eq!(encode_direct_raw("a", "b", r#""hi \u0022""#), r#"{"src":"a","dst":"b","msg":"hi \u0022"}"#);
+/// ```
+pub fn encode_direct_raw(src: &str, dst: &str, msg_json: &str) -> String {
+    let mut out = Vec::with_capacity(24 + src.len() + dst.len() + msg_json.len());
+    out.extend_from_slice(b"{\"src\":");
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, src);
+    out.extend_from_slice(b",\"dst\":");
+    let _ = serde_json::to_writer(&mut out, dst);
+    out.extend_from_slice(b",\"msg\":");
+    out.extend_from_slice(msg_json.as_bytes());
+    out.push(b'}');
+    // Every part is UTF-8: serde's output and the caller's `&str`.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The plain-text notice a classic sender gets when its recipient is not online.
@@ -126,6 +198,30 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(&parse(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn raw_parse_and_splice_match_the_json_round_trip() {
+        let frames = [
+            r#"{"src":"a","dst":"b","msg":"hi"}"#,
+            r#"{"dst":"b"}"#,
+            r#"{"dst":"b","msg":null}"#,
+            r#"{"dst":"b","msg":{"x": 1}}"#,
+            r#"{"dst":"b","msg":[1, "two"]}"#,
+            r#"{"dst":"b","msg":42}"#,
+            r#"{"dst":"b\u00e9","msg":"line\nbreak \"q\" \u00e9 \/ \ud83d\ude00"}"#,
+            r#"{ "msg" : "first" , "dst" : "b" }"#,
+        ];
+        for frame in frames {
+            let Some(raw) = parse_direct(frame) else { panic!("{frame}") };
+            let Inbound::Direct { dst, msg } = parse(frame) else { panic!("{frame}") };
+            assert_eq!((&*raw.dst, &*raw.msg), (dst.as_str(), msg.as_str()), "{frame}");
+            let spliced = encode_direct_raw("C1我", &raw.dst, &raw.msg_json);
+            let spliced: serde_json::Value = serde_json::from_str(&spliced).unwrap_or_default();
+            let expected: serde_json::Value =
+                serde_json::from_str(&encode_direct("C1我", &dst, &msg)).unwrap_or_default();
+            assert_eq!(spliced, expected, "{frame}");
         }
     }
 

@@ -21,3 +21,8 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub const KICKED: u16 = 4000;
 /// The client did not answer pings within the keepalive timeout.
 pub const KEEPALIVE_TIMEOUT: u16 = 4001;
+/// The client's access token expired while it was connected (issue 5);
+/// reconnect with a fresh token.
+pub const TOKEN_EXPIRED: u16 = 4002;
+/// The client sent no data frame within the idle timeout (issue 5).
+pub const IDLE_TIMEOUT: u16 = 4003;

@@ -234,6 +234,9 @@ pub enum ErrorCode {
     Unsupported,
     /// The server failed; the message was not routed.
     Internal,
+    /// Cluster mode: the recipient may be on another node and the cluster
+    /// bus is down; the message was not sent there. Retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -250,6 +253,7 @@ impl ErrorCode {
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

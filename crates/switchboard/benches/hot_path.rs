@@ -35,6 +35,20 @@ fn classic_routing(c: &mut Criterion) {
             classic::Inbound::ToServer(text) => text,
         })
     });
+    // What the session does per classic DM since issue 6's tuning: a borrowed
+    // parse and the recipient's frame spliced from the sender's JSON string.
+    group.bench_function("parse_direct_raw", |b| {
+        b.iter(|| classic::parse_direct(black_box(CLASSIC_DM)).map(|dm| dm.msg_json.len()))
+    });
+    group.bench_function("parse_and_splice", |b| {
+        b.iter(|| match classic::parse_direct(black_box(CLASSIC_DM)) {
+            Some(dm) => {
+                let frame = classic::encode_direct_raw("sender42", &dm.dst, &dm.msg_json);
+                (frame, dm.msg.into_owned())
+            }
+            None => (String::new(), String::new()),
+        })
+    });
     group.finish();
 }
 

@@ -5,7 +5,7 @@
 //! flags win over the file.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -48,6 +48,47 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// TCP accept backlog.
     pub backlog: u32,
+
+    // --- cluster (issue 8) ---
+    /// Redis URL (`redis://HOST:PORT`) of the cluster to join; unset, the
+    /// hub is a single in-memory node.
+    pub cluster: Option<String>,
+    /// This node's id in the cluster, unique among nodes; random when unset.
+    pub cluster_node_id: Option<String>,
+    /// Seconds a node's names stay claimed without a heartbeat: a node that
+    /// dies (kill -9) frees its names, and its clients leave, within this time.
+    pub cluster_ttl_secs: u64,
+
+    // --- TLS and conformance (issue 5) ---
+    /// PEM certificate chain; with [`Config::tls_key`], the port speaks only
+    /// TLS (https and wss). Both or neither must be set.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for [`Config::tls_cert`].
+    pub tls_key: Option<PathBuf>,
+    /// Path of a plain WebSocket echo endpoint (e.g. `/echo`) for the
+    /// RFC 6455 conformance suite; unset (the default), there is none.
+    pub echo_path: Option<String>,
+
+    // --- access control (issue 5) ---
+    /// JWT authentication (the `[auth]` table); unset (the default), any
+    /// client may take any free name.
+    pub auth: Option<AuthConfig>,
+    /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket,
+    /// besides the server's own (the request's `Host`); `"*"` allows any.
+    /// A non-URL `Origin` (a classic client's name) is never checked.
+    pub allowed_origins: Vec<String>,
+    /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For`
+    /// header is believed; from anyone else it is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Most WebSocket clients at once; the handshake answers 503 beyond it.
+    /// Keep it below `max_connections`, which also counts HTTP requests.
+    pub max_clients: usize,
+    /// Most WebSocket clients per remote address (0: unlimited); the
+    /// handshake answers 429 beyond it.
+    pub max_clients_per_ip: usize,
+    /// Seconds without a data frame from a client before it is closed with
+    /// 4003 (0: never). Pings and pongs do not count as data.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -70,6 +111,21 @@ impl Default for Config {
             handshake_timeout_secs: 5,
             drain_timeout_secs: 5,
             backlog: 4096,
+            // --- cluster (issue 8) ---
+            cluster: None,
+            cluster_node_id: None,
+            cluster_ttl_secs: 10,
+            // --- TLS and conformance (issue 5) ---
+            tls_cert: None,
+            tls_key: None,
+            echo_path: None,
+            // --- access control (issue 5) ---
+            auth: None,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_clients: 16_000,
+            max_clients_per_ip: 0,
+            idle_timeout_secs: 0,
         }
     }
 }
@@ -150,6 +206,46 @@ impl Config {
         if matches!(&self.admin_token, Some(token) if token.is_empty()) {
             return Err(ConfigError::Invalid("admin_token must not be empty".into()));
         }
+        // --- cluster (issue 8) ---
+        if self.cluster_ttl_secs == 0 {
+            return Err(ConfigError::Invalid("cluster_ttl_secs must be greater than 0".into()));
+        }
+        if let Some(url) = &self.cluster {
+            if let Err(error) = redis::Client::open(url.as_str()) {
+                return Err(ConfigError::Invalid(format!("cluster {url:?}: {error}")));
+            }
+        }
+        if matches!(&self.cluster_node_id, Some(id) if id.is_empty() || id.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid("cluster_node_id must be a non-empty word".into()));
+        }
+        // --- TLS and conformance (issue 5) ---
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key must be given together (or neither)".into(),
+            ));
+        }
+        if let Some(path) = &self.echo_path {
+            // Matched literally against the request path, so it must look like one.
+            if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#']) {
+                return Err(ConfigError::Invalid(format!(
+                    "echo_path must be a path such as /echo, got {path:?}"
+                )));
+            }
+        }
+        // --- access control (issue 5) ---
+        if self.max_clients == 0 {
+            return Err(ConfigError::Invalid("max_clients must be greater than 0".into()));
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
+        for origin in &self.allowed_origins {
+            crate::server::auth::parse_allowed_origin(origin).map_err(ConfigError::Invalid)?;
+        }
+        for proxy in &self.trusted_proxies {
+            crate::server::auth::Cidr::parse(proxy).map_err(ConfigError::Invalid)?;
+        }
         Ok(())
     }
 
@@ -161,6 +257,21 @@ impl Config {
             max_rooms_per_client: self.max_rooms_per_client,
             max_members_per_room: self.max_members_per_room,
         }
+    }
+
+    /// Cluster mode (issue 8): how to join, or `None` on a single node. The
+    /// node id is drawn at random when not configured.
+    pub fn cluster_options(&self) -> Option<crate::cluster::ClusterOptions> {
+        let url = self.cluster.clone()?;
+        let node_id = self
+            .cluster_node_id
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        Some(crate::cluster::ClusterOptions {
+            url,
+            node_id,
+            ttl: Duration::from_secs(self.cluster_ttl_secs),
+        })
     }
 
     /// Ping interval as a duration.
@@ -179,6 +290,94 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
+}
+
+// --- access control (issue 5) ---
+
+/// The `[auth]` table: how client tokens (JWTs) are verified.
+///
+/// One algorithm per server, so a token can never pick a weaker one (the
+/// "alg confusion" attack). Claims: `sub` is the client's name, `exp` is
+/// required, `nbf` is honoured, `aud`/`iss` are checked when configured, and
+/// an optional `rooms` list limits the rooms the client may join or watch.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256` (shared secret), `RS256` or `EdDSA` (public key).
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 shared secret, at least 32 bytes.
+    pub secret: Option<String>,
+    /// PEM file with the RS256 or EdDSA public key (SPKI, or PKCS#1 for RSA).
+    pub public_key: Option<PathBuf>,
+    /// Accepted `aud` values; when empty, `aud` is not checked.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Required `iss`; when unset, `iss` is not checked.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "AuthConfig::default_leeway")]
+    pub leeway_secs: u64,
+}
+
+impl AuthConfig {
+    fn default_leeway() -> u64 {
+        5
+    }
+
+    /// An HS256 configuration with `secret` (for tests and embedding).
+    pub fn hs256(secret: impl Into<String>) -> AuthConfig {
+        AuthConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            secret: Some(secret.into()),
+            public_key: None,
+            audience: Vec::new(),
+            issuer: None,
+            leeway_secs: AuthConfig::default_leeway(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(format!("auth: {message}")));
+        match (self.algorithm, &self.secret, &self.public_key) {
+            (JwtAlgorithm::Hs256, Some(secret), None) if secret.len() >= 32 => Ok(()),
+            (JwtAlgorithm::Hs256, Some(_), None) => {
+                invalid("the HS256 secret must be at least 32 bytes (256 bits)")
+            }
+            (JwtAlgorithm::Hs256, _, _) => invalid("HS256 needs `secret` and no `public_key`"),
+            (_, None, Some(_)) => Ok(()),
+            (algorithm, _, _) => {
+                invalid(&format!("{algorithm:?} needs `public_key` (a PEM file) and no `secret`"))
+            }
+        }
+    }
+}
+
+// Hand-written so that logging the configuration never prints the secret.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key", &self.public_key)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+/// The signature algorithm client tokens must use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 and an RSA public key.
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// Ed25519 and its public key.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
 }
 
 #[cfg(test)]

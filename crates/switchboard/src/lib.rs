@@ -11,6 +11,7 @@
 //! - [`server`]: the network edge — accept loop, handshake, sessions,
 //!   operator API, shutdown.
 //! - [`cli`]: the `switchboard connect` terminal client.
+//! - [`cluster`]: cluster mode (issue 8), the bus between nodes over Redis.
 //! - wire shapes live in the `switchboard-protocol` crate; the async client
 //!   in `switchboard-client`.
 //!
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod server;

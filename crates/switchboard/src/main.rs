@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Connect to a hub as a terminal client.
     Connect(switchboard::cli::ConnectArgs),
 }
@@ -63,6 +63,41 @@ struct ServeArgs {
     /// Most simultaneous connections [default: 20000].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Join a cluster of nodes over Redis, e.g. redis://127.0.0.1:6379 (issue 8).
+    #[arg(long, value_name = "REDIS_URL")]
+    cluster: Option<String>,
+    /// This node's id in the cluster [default: random].
+    #[arg(long)]
+    cluster_node_id: Option<String>,
+    /// Seconds after which a dead node's names are freed [default: 10].
+    #[arg(long)]
+    cluster_ttl_secs: Option<u64>,
+    // --- TLS and conformance (issue 5) ---
+    /// PEM certificate chain: serve https and wss (needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve a plain WebSocket echo at this path (for conformance tests), e.g. /echo.
+    #[arg(long, value_name = "PATH")]
+    echo_path: Option<String>,
+    // --- access control (issue 5); JWT auth is set in the config file's [auth] table ---
+    /// Most WebSocket clients at once; more get HTTP 503 [default: 16000].
+    #[arg(long)]
+    max_clients: Option<usize>,
+    /// Most WebSocket clients per remote address, 0 for unlimited; more get 429 [default: 0].
+    #[arg(long)]
+    max_clients_per_ip: Option<usize>,
+    /// Close clients that send no message for this many seconds (4003), 0 for never [default: 0].
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// Believe X-Forwarded-For from this proxy (IP or CIDR; repeat or comma-separate).
+    #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// Allow WebSockets from this browser origin besides the server's own (repeatable; * for any).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -89,6 +124,40 @@ impl ServeArgs {
         if self.admin_token.is_some() {
             config.admin_token = self.admin_token;
         }
+        // --- cluster (issue 8) ---
+        if self.cluster.is_some() {
+            config.cluster = self.cluster;
+        }
+        if self.cluster_node_id.is_some() {
+            config.cluster_node_id = self.cluster_node_id;
+        }
+        if let Some(ttl) = self.cluster_ttl_secs {
+            config.cluster_ttl_secs = ttl;
+        }
+        // --- TLS and conformance (issue 5) ---
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+            config.tls_key = self.tls_key;
+        }
+        if self.echo_path.is_some() {
+            config.echo_path = self.echo_path;
+        }
+        // --- access control (issue 5) ---
+        if let Some(max) = self.max_clients {
+            config.max_clients = max;
+        }
+        if let Some(max) = self.max_clients_per_ip {
+            config.max_clients_per_ip = max;
+        }
+        if let Some(secs) = self.idle_timeout_secs {
+            config.idle_timeout_secs = secs;
+        }
+        if !self.trusted_proxies.is_empty() {
+            config.trusted_proxies = self.trusted_proxies;
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins = self.allowed_origins;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -97,7 +166,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Connect(args) => connect(args),
     };
     match result {

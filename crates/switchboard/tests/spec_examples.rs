@@ -196,6 +196,7 @@ fn every_error_code_and_close_code_is_documented() {
         ErrorCode::LimitReached,
         ErrorCode::Unsupported,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
     for code in codes {
         let wire = serde_json::to_value(code).unwrap_or_default();

@@ -49,6 +49,10 @@ struct Cli {
     /// Payload bytes per message (the marker plus padding).
     #[arg(long, default_value_t = 80, global = true)]
     size: usize,
+    /// Cluster mode (issue 8): `dm` receivers connect here, senders to
+    /// --target, so every DM crosses nodes.
+    #[arg(long, global = true)]
+    receiver_target: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,7 +137,9 @@ fn main() -> anyhow::Result<()> {
         Kind::Naive => "naive-hub".into(),
         Kind::Raw => "raw-relay".into(),
     });
-    let ctx = Arc::new(Ctx::new(target, label, cli.server_pid, cli.max_secs, cli.size));
+    let mut ctx = Ctx::new(target, label, cli.server_pid, cli.max_secs, cli.size);
+    ctx.receiver_target = cli.receiver_target.as_deref().map(|r| Target::parse(r, kind)).transpose()?;
+    let ctx = Arc::new(ctx);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let records = tokio::task::LocalSet::new().block_on(&runtime, run(ctx, cli.command))?;
     eprintln!("\n{}", report::markdown(&records));

@@ -28,7 +28,7 @@ const STDIN_BACKLOG: usize = 64;
 /// Options of `switchboard connect`.
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// Server URL, e.g. ws://127.0.0.1:8888
+    /// Server URL, e.g. ws://127.0.0.1:8888 or wss://hub.example:8888
     pub url: String,
     /// Client name.
     #[arg(long)]
@@ -45,6 +45,9 @@ pub struct ConnectArgs {
     /// Reconnection attempts in a row before giving up.
     #[arg(long, default_value_t = 20)]
     pub reconnect_attempts: u32,
+    /// Also trust this CA certificate (PEM) for wss:// URLs, e.g. a hub's self-signed one.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Runs the client until stdin ends or the connection is lost for good.
@@ -60,11 +63,12 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         ReconnectPolicy::exponential(Duration::from_millis(500), Duration::from_secs(10))
             .max_attempts(Some(args.reconnect_attempts))
     };
-    let (client, events) = ClientBuilder::new(&args.url, &args.name)
-        .reconnect(policy)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", args.url))?;
+    let mut builder = ClientBuilder::new(&args.url, &args.name).reconnect(policy);
+    if let Some(ca) = &args.ca {
+        builder = builder.ca_pem(ca.as_path());
+    }
+    let (client, events) =
+        builder.connect().await.with_context(|| format!("cannot connect to {}", args.url))?;
     let printer = tokio::spawn(print_events(events, args.json));
 
     let mut lines = stdin_lines();

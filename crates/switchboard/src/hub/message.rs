@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+// A refcounted UTF-8 buffer (not a socket type): the classic frame is
+// encoded once and each recipient's writer clones a reference to it.
+use tungstenite::Utf8Bytes;
 use switchboard_protocol::v1::{self, EncodedDelivery, PresenceEvent};
 use switchboard_protocol::{binary, classic, ClientName, RoomName};
 
@@ -69,7 +72,7 @@ pub struct Message {
     /// The content.
     body: Body,
     /// The classic text frame; `None` for messages classic clients never get.
-    classic: OnceLock<Option<String>>,
+    classic: OnceLock<Option<Utf8Bytes>>,
     /// The v1 frame minus `seq`.
     v1: OnceLock<EncodedDelivery>,
 }
@@ -83,6 +86,19 @@ impl Message {
     /// Stamps `body` with the current time.
     pub fn new(body: Body) -> Message {
         Message { ts: now_ms(), body, classic: OnceLock::new(), v1: OnceLock::new() }
+    }
+
+    /// As [`Message::new`], with the classic frame already encoded by the
+    /// caller (a classic sender's DM, spliced from its own JSON by
+    /// `classic::encode_direct_raw`), so the recipient's writer does not
+    /// encode it again. `classic` must be what [`Message::classic_text`]
+    /// would produce for `body`, up to JSON string escaping.
+    pub fn with_classic(body: Body, classic: Option<String>) -> Message {
+        let message = Message::new(body);
+        if let Some(text) = classic {
+            let _ = message.classic.set(Some(Utf8Bytes::from(text)));
+        }
+        message
     }
 
     /// The content.
@@ -109,6 +125,16 @@ impl Message {
     /// The text a classic client receives, encoded once and shared.
     /// `None` for presence events and binary payloads.
     pub fn classic_text(&self) -> Option<&str> {
+        self.classic_encoded().map(Utf8Bytes::as_str)
+    }
+
+    /// The classic text frame as a shared buffer: cloning it is a refcount,
+    /// not a copy, whatever the number of recipients.
+    pub fn classic_frame(&self) -> Option<Utf8Bytes> {
+        self.classic_encoded().cloned()
+    }
+
+    fn classic_encoded(&self) -> Option<&Utf8Bytes> {
         self.classic
             .get_or_init(|| match &self.body {
                 Body::Direct { from, to, text } => {
@@ -121,8 +147,9 @@ impl Message {
                 )),
                 Body::Server { text, .. } => Some(text.clone()),
                 Body::Presence { .. } | Body::Binary { .. } => None,
-            })
-            .as_deref()
+            }
+            .map(Utf8Bytes::from))
+            .as_ref()
     }
 
     /// The v1 text frame for the recipient's `seq`. `None` for binary payloads.

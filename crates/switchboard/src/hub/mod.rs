@@ -25,13 +25,15 @@ pub mod rate;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use switchboard_protocol::v1::PresenceEvent;
 use switchboard_protocol::{close, ClientName, NameError, RoomName};
 use tokio::sync::broadcast;
+
+use crate::cluster::{Bus, LocalBus};
 
 pub use event::{EventKind, HubEvent};
 pub use message::{now_ms, Body, Message};
@@ -109,6 +111,13 @@ pub enum CloseReason {
     KeepaliveTimeout,
     /// The client kept exceeding its rate limit.
     RateLimited,
+    /// The client's access token expired while it was connected (issue 5).
+    TokenExpired,
+    /// The client sent no data frame within the idle timeout (issue 5).
+    IdleTimeout {
+        /// The timeout in seconds.
+        secs: u64,
+    },
     /// The client closed the connection.
     PeerClosed {
         /// The client's close code, if it sent one.
@@ -133,6 +142,8 @@ impl CloseReason {
             }
             CloseReason::Kicked(_) => Some(close::KICKED),
             CloseReason::KeepaliveTimeout => Some(close::KEEPALIVE_TIMEOUT),
+            CloseReason::TokenExpired => Some(close::TOKEN_EXPIRED),
+            CloseReason::IdleTimeout { .. } => Some(close::IDLE_TIMEOUT),
             CloseReason::PeerClosed { code, .. } => *code,
             CloseReason::Dropped(_) => None,
         }
@@ -152,6 +163,8 @@ impl CloseReason {
             CloseReason::Kicked(reason) => format!("disconnected by operator: {reason}"),
             CloseReason::KeepaliveTimeout => "no pong within keepalive timeout".into(),
             CloseReason::RateLimited => "rate limit exceeded repeatedly".into(),
+            CloseReason::TokenExpired => "token expired".into(),
+            CloseReason::IdleTimeout { secs } => format!("idle timeout: no message for {secs} s"),
             CloseReason::PeerClosed { reason, .. } if reason.is_empty() => "client closed".into(),
             CloseReason::PeerClosed { reason, .. } => format!("client closed: {reason}"),
             CloseReason::Dropped(detail) => format!("connection lost: {detail}"),
@@ -197,6 +210,12 @@ pub enum RouteError {
     /// The recipient's queue overflowed; it is being disconnected.
     #[error("{0} is not reading fast enough and is being disconnected")]
     RecipientOverflow(String),
+    /// Cluster mode (issue 8): the recipient may be on another node and the
+    /// cluster bus is down, so the message was not sent there.
+    #[error(
+        "cluster bus unavailable: clients on other nodes cannot be reached right now; retry later"
+    )]
+    ClusterUnavailable,
 }
 
 /// Why a client could not be registered.
@@ -226,6 +245,8 @@ pub struct Client {
     messages_in: AtomicU64,
     /// Messages queued to the client (for the console).
     messages_out: AtomicU64,
+    /// Rooms the client's access token lets it join (issue 5); unset, any room.
+    allowed_rooms: OnceLock<BTreeSet<String>>,
 }
 
 impl Client {
@@ -252,6 +273,18 @@ impl Client {
     /// Counts one message received from this client.
     pub fn count_in(&self) {
         self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Messages received from this client so far (the idle timeout watches it).
+    pub fn messages_in(&self) -> u64 {
+        self.messages_in.load(Ordering::Relaxed)
+    }
+    /// Restricts the rooms this client may join (from its access token,
+    /// issue 5). Set once, before the session starts; later calls are ignored.
+    pub fn restrict_rooms(&self, rooms: impl IntoIterator<Item = String>) {
+        let _ = self.allowed_rooms.set(rooms.into_iter().collect());
+    }
+    fn may_join(&self, room: &RoomName) -> bool {
+        self.allowed_rooms.get().is_none_or(|allowed| allowed.contains(room.as_str()))
     }
 
     fn deliver(&self, message: &Arc<Message>) -> Result<(), PushError> {
@@ -311,6 +344,8 @@ struct Shared {
     next_session: AtomicU64,
     /// Messages accepted for routing since start (for metrics and the console).
     routed: AtomicU64,
+    /// Cluster mode (issue 8): the bus to the other nodes; unset on a single node.
+    bus: OnceLock<Arc<dyn Bus>>,
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +387,7 @@ impl Hub {
                 limits,
                 next_session: AtomicU64::new(1),
                 routed: AtomicU64::new(0),
+                bus: OnceLock::new(),
             }),
         }
     }
@@ -388,9 +424,16 @@ impl Hub {
         self.shared.events.subscribe()
     }
 
-    /// Publishes an event to the operator feed (no-op without subscribers).
+    /// Publishes an event to the operator feed (no-op without subscribers),
+    /// and in cluster mode to the other nodes' feeds.
     pub fn emit(&self, kind: EventKind) {
-        let _ = self.shared.events.send(HubEvent { at: SystemTime::now(), kind });
+        let event = HubEvent { at: SystemTime::now(), kind };
+        // --- cluster (issue 8): events replicate the directory of clients.
+        let bus = self.bus();
+        if bus.is_clustered() {
+            bus.announce(&event);
+        }
+        let _ = self.shared.events.send(event);
     }
 
     /// Messages accepted for routing since the hub started.
@@ -435,6 +478,7 @@ impl Hub {
             outbox,
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
+            allowed_rooms: OnceLock::new(),
         });
         if let Some(item) = first(&client) {
             let _ = client.outbox.push(item);
@@ -497,6 +541,8 @@ impl Hub {
                 let _ = watcher.deliver(&presence);
             }
         }
+        // --- cluster (issue 8): free the name cluster-wide.
+        self.bus().release(&name);
         let code = reason.code();
         let text = reason.text();
         tracing::info!(%name, code, reason = %text, "client left");
@@ -546,12 +592,36 @@ impl Hub {
     /// [`RouteError::Offline`] when `to` is not online;
     /// [`RouteError::RecipientOverflow`] when its queue is full.
     pub fn send_direct(&self, from: &Client, to: &str, text: String) -> Result<(), RouteError> {
-        let recipient = self.lookup(to)?;
-        let message = Arc::new(Message::new(Body::Direct {
-            from: from.name.clone(),
-            to: recipient.name.clone(),
-            text,
-        }));
+        self.send_direct_encoded(from, to, text, None)
+    }
+
+    /// As [`Hub::send_direct`], with the classic frame already encoded by the
+    /// caller (issue 6: a classic DM is spliced from the sender's JSON, not
+    /// re-escaped); see [`Message::with_classic`].
+    ///
+    /// # Errors
+    /// As [`Hub::send_direct`].
+    pub fn send_direct_encoded(
+        &self,
+        from: &Client,
+        to: &str,
+        text: String,
+        classic: Option<String>,
+    ) -> Result<(), RouteError> {
+        let recipient = match self.lookup(to) {
+            Ok(recipient) => recipient,
+            Err(offline) => {
+                return self.send_remote(to, offline, |to| Body::Direct {
+                    from: from.name.clone(),
+                    to,
+                    text,
+                })
+            }
+        };
+        let message = Arc::new(Message::with_classic(
+            Body::Direct { from: from.name.clone(), to: recipient.name.clone(), text },
+            classic,
+        ));
         self.deliver_one(&recipient, &message)
     }
 
@@ -560,7 +630,16 @@ impl Hub {
     /// # Errors
     /// As [`Hub::send_direct`].
     pub fn send_binary(&self, from: &Client, to: &str, payload: Bytes) -> Result<(), RouteError> {
-        let recipient = self.lookup(to)?;
+        let recipient = match self.lookup(to) {
+            Ok(recipient) => recipient,
+            Err(offline) => {
+                return self.send_remote(to, offline, |_| Body::Binary {
+                    from: from.name.clone(),
+                    room: None,
+                    payload,
+                })
+            }
+        };
         let message =
             Arc::new(Message::new(Body::Binary { from: from.name.clone(), room: None, payload }));
         self.deliver_one(&recipient, &message)
@@ -579,8 +658,14 @@ impl Hub {
         let state = self.state();
         let delivered =
             state.clients.values().filter(|slot| slot.client.deliver(&message).is_ok()).count();
+        drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
-        delivered
+        // --- cluster (issue 8): once to the bus; each node delivers to its own.
+        let remote = self.bus().publish_all(&message).unwrap_or_else(|error| {
+            tracing::warn!(%error, "broadcast reached this node's clients only");
+            0
+        });
+        delivered + remote
     }
 
     /// Sends `text` from the operator to the client named `to`.
@@ -588,7 +673,12 @@ impl Hub {
     /// # Errors
     /// [`RouteError::Offline`] when `to` is not online.
     pub fn send_to(&self, to: &str, text: String) -> Result<(), RouteError> {
-        let recipient = self.lookup(to)?;
+        let recipient = match self.lookup(to) {
+            Ok(recipient) => recipient,
+            Err(offline) => {
+                return self.send_remote(to, offline, |_| Body::Server { text, broadcast: false })
+            }
+        };
         let message = Arc::new(Message::new(Body::Server { text, broadcast: false }));
         self.deliver_one(&recipient, &message)
     }
@@ -598,7 +688,18 @@ impl Hub {
     /// # Errors
     /// [`RouteError::Offline`] when `name` is not online.
     pub fn disconnect(&self, name: &str, reason: String) -> Result<(), RouteError> {
-        let client = self.lookup(name)?;
+        let client = match self.lookup(name) {
+            Ok(client) => client,
+            // --- cluster (issue 8): the node that has the client closes it.
+            Err(offline) if self.bus().is_clustered() => {
+                tracing::info!(%name, %reason, "operator disconnects client on another node");
+                return self.bus().kick(name, &reason).map_err(|e| match e {
+                    RouteError::Offline(_) => offline,
+                    other => other,
+                });
+            }
+            Err(offline) => return Err(offline),
+        };
         tracing::info!(%name, %reason, "operator disconnects client");
         client.outbox.closer().close(CloseReason::Kicked(reason));
         Ok(())
@@ -614,6 +715,11 @@ impl Hub {
         let room = self
             .room_name(room)
             .map_err(|error| RouteError::InvalidName { name: room.into(), error })?;
+        if !client.may_join(&room) {
+            return Err(RouteError::LimitReached(format!(
+                "room {room} is not allowed by your access token"
+            )));
+        }
         let limits = &self.shared.limits;
         let members = {
             let mut state = self.state();
@@ -733,6 +839,17 @@ impl Hub {
         // A room that only has watchers has no members to publish to.
         let found = state.rooms.get_key_value(room).filter(|(_, entry)| !entry.members.is_empty());
         let Some((room_name, entry)) = found else {
+            drop(state);
+            // --- cluster (issue 8): the operator may publish to a room whose
+            // members are all on other nodes.
+            if sender.is_none() && self.bus().is_clustered() {
+                if let Ok(room_name) = self.room_name(room) {
+                    if self.bus().remote_rooms().contains_key(&room_name) {
+                        let message = Message::new(body(room_name));
+                        return self.bus().publish_all(&message);
+                    }
+                }
+            }
             return Err(match sender {
                 Some(_) => RouteError::NotMember(room.to_owned()),
                 None => RouteError::NoSuchRoom(room.to_owned()),
@@ -756,7 +873,8 @@ impl Hub {
         }
         drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
-        Ok(delivered)
+        // --- cluster (issue 8): once to the bus; each node delivers to its members.
+        Ok(delivered + self.bus().publish_all(&message)?)
     }
 
     /// Subscribes `client` to presence: global when `room` is `None`.
@@ -774,15 +892,32 @@ impl Hub {
                 self.room_name(r).map_err(|error| RouteError::InvalidName { name: r.into(), error })
             })
             .transpose()?;
-        let mut state = self.state();
-        let state = &mut *state;
+        if let Some(room) = room.as_ref().filter(|room| !client.may_join(room)) {
+            return Err(RouteError::LimitReached(format!(
+                "room {room} is not allowed by your access token"
+            )));
+        }
+        let mut guard = self.state();
+        let state = &mut *guard;
         let Some(slot) = state.clients.get_mut(&client.name) else {
             return Err(RouteError::Offline(client.name.to_string()));
+        };
+        // --- cluster (issue 8): the snapshot shows the whole cluster.
+        let merge = |mut names: Vec<ClientName>, remote: Vec<ClientName>| {
+            if !remote.is_empty() {
+                names.extend(remote);
+                names.sort();
+                names.dedup();
+            }
+            names
         };
         match room {
             None => {
                 state.presence.insert(client.name.clone(), slot.client.clone());
-                Ok(sorted_names(Some(state.clients.keys())))
+                let local = sorted_names(Some(state.clients.keys()));
+                drop(guard);
+                let remote = self.bus().remote_clients().into_iter().map(|c| c.name).collect();
+                Ok(merge(local, remote))
             }
             Some(room) => {
                 if !slot.watching.contains(&room)
@@ -794,9 +929,12 @@ impl Hub {
                     )));
                 }
                 slot.watching.insert(room.clone());
-                let entry = state.rooms.entry(room).or_default();
+                let entry = state.rooms.entry(room.clone()).or_default();
                 entry.watchers.insert(client.name.clone(), slot.client.clone());
-                Ok(sorted_names(Some(entry.members.keys())))
+                let local = sorted_names(Some(entry.members.keys()));
+                drop(guard);
+                let remote = self.bus().remote_rooms().remove(&room).unwrap_or_default();
+                Ok(merge(local, remote))
             }
         }
     }
@@ -822,9 +960,16 @@ impl Hub {
         }
     }
 
-    /// The names online, sorted.
+    /// The names online, sorted (in cluster mode, on every node).
     pub fn online(&self) -> Vec<ClientName> {
-        sorted_names(Some(self.state().clients.keys()))
+        let mut names = self.local_names();
+        // --- cluster (issue 8)
+        if self.bus().is_clustered() {
+            names.extend(self.bus().remote_clients().into_iter().map(|c| c.name));
+            names.sort();
+            names.dedup();
+        }
+        names
     }
 
     /// How many clients are online.
@@ -834,6 +979,10 @@ impl Hub {
 
     /// A room's members, or `None` if the room has none.
     pub fn room(&self, room: &str) -> Option<RoomInfo> {
+        // --- cluster (issue 8): members on every node.
+        if self.bus().is_clustered() {
+            return self.rooms().into_iter().find(|r| r.name.as_str() == room);
+        }
         let state = self.state();
         let (name, entry) = state.rooms.get_key_value(room)?;
         (!entry.members.is_empty()).then(|| RoomInfo {
@@ -854,21 +1003,44 @@ impl Hub {
                 members: sorted_names(Some(entry.members.keys())),
             })
             .collect();
+        drop(state);
+        // --- cluster (issue 8): members on every node.
+        if self.bus().is_clustered() {
+            for (name, members) in self.bus().remote_rooms() {
+                match rooms.iter_mut().find(|r| r.name == name) {
+                    Some(room) => room.members.extend(members),
+                    None => rooms.push(RoomInfo { name, members }),
+                }
+            }
+            for room in &mut rooms {
+                room.members.sort();
+                room.members.dedup();
+            }
+        }
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
     }
 
-    /// A snapshot of every client, sorted by name.
+    /// A snapshot of every client, sorted by name (in cluster mode, on every node).
     pub fn clients(&self) -> Vec<ClientInfo> {
-        let state = self.state();
-        let mut clients: Vec<ClientInfo> = state.clients.values().map(Self::info).collect();
-        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut clients = self.local_clients();
+        // --- cluster (issue 8)
+        if self.bus().is_clustered() {
+            clients.extend(self.bus().remote_clients());
+            clients.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         clients
     }
 
-    /// A snapshot of one client.
+    /// A snapshot of one client (in cluster mode, on any node).
     pub fn client(&self, name: &str) -> Option<ClientInfo> {
-        self.state().clients.get(name).map(Self::info)
+        let local = self.state().clients.get(name).map(Self::info);
+        // --- cluster (issue 8)
+        local.or_else(|| {
+            self.bus().is_clustered().then(|| {
+                self.bus().remote_clients().into_iter().find(|c| c.name.as_str() == name)
+            })?
+        })
     }
 
     fn info(slot: &Slot) -> ClientInfo {
@@ -885,6 +1057,132 @@ impl Hub {
             queued_bytes: client.outbox.queued_bytes(),
         }
     }
+
+    // --- cluster (issue 8): the seam to the other nodes ---------------------
+
+    /// Connects this hub to a cluster bus. Returns false if one is attached already.
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) -> bool {
+        self.shared.bus.set(bus).is_ok()
+    }
+
+    /// The bus to the other nodes: [`LocalBus`] on a single node.
+    pub fn bus(&self) -> &dyn Bus {
+        self.shared.bus.get().map_or(&LocalBus, |bus| bus.as_ref())
+    }
+
+    /// Claims `name` cluster-wide before [`Hub::register_with`], so that a
+    /// name online on another node is refused at the handshake (409).
+    ///
+    /// # Errors
+    /// [`RegisterError::NameTaken`] when the name is online here or elsewhere.
+    pub async fn claim(&self, name: &ClientName) -> Result<(), RegisterError> {
+        let local = self.state().clients.contains_key(name);
+        if local {
+            return Err(RegisterError::NameTaken(name.to_string()));
+        }
+        let claim = self.bus().claim(name);
+        claim.await
+    }
+
+    /// Hands a message for a client not on this node to the bus.
+    fn send_remote(
+        &self,
+        to: &str,
+        offline: RouteError,
+        body: impl FnOnce(ClientName) -> Body,
+    ) -> Result<(), RouteError> {
+        let bus = self.bus();
+        if !bus.is_clustered() {
+            return Err(offline);
+        }
+        let Ok(name) = self.client_name(to) else { return Err(offline) };
+        let message = Message::new(body(name));
+        bus.send_direct(to, &message)?;
+        self.shared.routed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The names of the clients on this node, sorted.
+    pub fn local_names(&self) -> Vec<ClientName> {
+        sorted_names(Some(self.state().clients.keys()))
+    }
+
+    /// A snapshot of the clients on this node, sorted by name.
+    pub fn local_clients(&self) -> Vec<ClientInfo> {
+        let state = self.state();
+        let mut clients: Vec<ClientInfo> = state.clients.values().map(Self::info).collect();
+        drop(state);
+        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        clients
+    }
+
+    /// Publishes an event from another node to this node's operator feed.
+    pub fn emit_local(&self, event: HubEvent) {
+        let _ = self.shared.events.send(event);
+    }
+
+    /// Delivers a message from another node to the local client `to`.
+    pub fn deliver_from_cluster(&self, to: &str, body: Body) {
+        if let Ok(recipient) = self.lookup(to) {
+            let _ = self.deliver_one(&recipient, &Arc::new(Message::new(body)));
+        }
+    }
+
+    /// Delivers a broadcast from another node to every local client.
+    pub fn broadcast_from_cluster(&self, body: Body) {
+        let message = Arc::new(Message::new(body));
+        let state = self.state();
+        let delivered =
+            state.clients.values().filter(|slot| slot.client.deliver(&message).is_ok()).count();
+        drop(state);
+        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+    }
+
+    /// Delivers a room publish from another node to the room's local members.
+    pub fn room_from_cluster(&self, room: &str, body: Body) {
+        let state = self.state();
+        let Some(entry) = state.rooms.get(room) else { return };
+        if entry.members.is_empty() {
+            return;
+        }
+        let message = Arc::new(Message::new(body));
+        let delivered = entry.members.values().filter(|m| m.deliver(&message).is_ok()).count();
+        drop(state);
+        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+    }
+
+    /// Disconnects a local client at another node's request.
+    pub fn kick_from_cluster(&self, name: &str, reason: String) {
+        if let Ok(client) = self.lookup(name) {
+            tracing::info!(%name, %reason, "disconnecting client at the cluster's request");
+            client.outbox.closer().close(CloseReason::Kicked(reason));
+        }
+    }
+
+    /// Tells local presence watchers that a client on another node joined or
+    /// left (a room, or the cluster when `room` is `None`).
+    pub fn remote_presence(
+        &self,
+        room: Option<&RoomName>,
+        name: &ClientName,
+        event: PresenceEvent,
+    ) {
+        let message = Arc::new(Message::new(Body::Presence {
+            room: room.cloned(),
+            name: name.clone(),
+            event,
+        }));
+        let state = self.state();
+        let watchers = match room {
+            None => Some(&state.presence),
+            Some(room) => state.rooms.get(room).map(|entry| &entry.watchers),
+        };
+        for watcher in watchers.into_iter().flat_map(HashMap::values) {
+            let _ = watcher.deliver(&message);
+        }
+    }
+
+    // --- end cluster (issue 8) ------------------------------------------------
 
     /// Asks every session to close with `reason` (used at shutdown).
     pub fn close_all(&self, reason: CloseReason) {

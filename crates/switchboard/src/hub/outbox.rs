@@ -7,7 +7,7 @@
 //! [`CloseReason::SlowConsumer`]: a reader that stops reading costs the server
 //! at most the limit, and never slows its senders down.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -143,9 +143,13 @@ impl OutboxReceiver {
 ///
 /// The first reason wins: a client kicked while overflowing is reported as
 /// whichever happened first.
+///
+/// [`Closer::is_closed`] is one atomic load (every push checks it); the
+/// cancellation token is only there to wake whoever awaits [`Closer::closed`].
 #[derive(Debug, Default)]
 pub struct Closer {
     reason: OnceLock<CloseReason>,
+    closed: AtomicBool,
     token: CancellationToken,
 }
 
@@ -153,13 +157,14 @@ impl Closer {
     /// Asks the session to close with `reason`; later calls are ignored.
     pub fn close(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
+            self.closed.store(true, Ordering::Release);
             self.token.cancel();
         }
     }
 
     /// True once [`Closer::close`] has been called.
     pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// The reason given to the first [`Closer::close`].

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// Cluster mode (issue 8): the target is on another node and the cluster bus is down.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -48,6 +51,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response =
             (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
@@ -66,6 +70,7 @@ impl From<RouteError> for ApiError {
             RouteError::Offline(_) | RouteError::NoSuchRoom(_) | RouteError::NotMember(_) => {
                 ApiError::NotFound(error.to_string())
             }
+            RouteError::ClusterUnavailable => ApiError::Unavailable(error.to_string()),
             other => ApiError::BadRequest(other.to_string()),
         }
     }
@@ -103,10 +108,19 @@ async fn require_operator(
                 return Err(ApiError::Unauthorized);
             }
         }
-        None if !peer.ip().is_loopback() => return Err(ApiError::Forbidden),
+        // Behind a trusted proxy the peer is the proxy, so judge the client
+        // it forwarded for (issue 5). A server listening beyond loopback
+        // always has a token: it refuses to start without one.
+        None if !is_loopback(ctx.access.client_addr(peer, request.headers())) => {
+            return Err(ApiError::Forbidden)
+        }
         None => {}
     }
     Ok(next.run(request).await)
+}
+
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
 }
 
 /// Compares secrets without leaking the position of the first difference.

@@ -12,9 +12,14 @@ use crate::hub::{Client, Hub, Outgoing, RouteError};
 
 /// Handles one text frame from a classic client.
 pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
-    match classic::parse(text) {
-        classic::Inbound::Direct { dst, msg } => {
-            if let Err(error) = hub.send_direct(client, &dst, msg) {
+    match classic::parse_direct(text) {
+        Some(dm) => {
+            // The recipient's frame, spliced from the sender's own JSON
+            // string (src stamped by the hub); a found recipient's name is
+            // `dst` exactly, as the registry is keyed by name.
+            let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
+            let msg = dm.msg.into_owned();
+            if let Err(error) = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame)) {
                 let notice = match &error {
                     RouteError::Offline(dst) => classic::offline_notice(dst),
                     other => classic::error_notice(&other.to_string()),
@@ -22,7 +27,7 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
                 reply_text(client, notice);
             }
         }
-        classic::Inbound::ToServer(text) => hub.to_server(client, text),
+        None => hub.to_server(client, text.to_owned()),
     }
 }
 
@@ -139,6 +144,7 @@ pub(crate) fn error_code(error: &RouteError) -> ErrorCode {
         RouteError::InvalidName { .. } => ErrorCode::InvalidName,
         RouteError::NotMember(_) | RouteError::NoSuchRoom(_) => ErrorCode::NotMember,
         RouteError::LimitReached(_) => ErrorCode::LimitReached,
+        RouteError::ClusterUnavailable => ErrorCode::Unavailable,
     }
 }
 

@@ -5,8 +5,16 @@
 //! (the tutorial's Qt clients put their name there). The name is validated
 //! and reserved in the hub *before* the 101 response, so a duplicate gets a
 //! 409 instead of a socket that is closed right after opening.
+//!
+//! Access control (issue 5, [`super::auth`]) runs in between, in this order:
+//! a browser `Origin` outside the allow-list gets 403, a full server 503, an
+//! address over its cap 429, and a missing or bad token 401. With auth on, a
+//! token whose `exp` passes while connected ends the session with 4002; with
+//! an idle timeout, a client silent for that long is closed with 4003.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,9 +26,10 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::auth::{AuthError, CapError};
 use super::session::{self, SessionSettings};
 use super::Context;
-use crate::hub::{Client, EventKind, Outgoing, Protocol, RegisterError};
+use crate::hub::{Client, CloseReason, EventKind, Outgoing, Protocol, RegisterError};
 
 /// Why a handshake was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +49,15 @@ pub enum HandshakeError {
     /// The name is online already.
     #[error("{0}")]
     NameTaken(RegisterError),
+    /// Auth is on and the token is missing, invalid, or for another name.
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    /// A browser page from an origin outside the allow-list.
+    #[error("{0}")]
+    OriginRefused(String),
+    /// A connection cap is reached.
+    #[error("{0}")]
+    Capped(CapError),
 }
 
 impl IntoResponse for HandshakeError {
@@ -50,12 +68,21 @@ impl IntoResponse for HandshakeError {
             | HandshakeError::InvalidName(_) => StatusCode::BAD_REQUEST,
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NameTaken(_) => StatusCode::CONFLICT,
+            HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HandshakeError::OriginRefused(_) => StatusCode::FORBIDDEN,
+            HandshakeError::Capped(CapError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeError::Capped(CapError::PerAddress { .. }) => StatusCode::TOO_MANY_REQUESTS,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         if matches!(self, HandshakeError::UnsupportedVersion) {
             response
                 .headers_mut()
                 .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        if matches!(self, HandshakeError::Unauthorized(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -96,8 +123,7 @@ fn requested_name<B>(request: &Request<B>) -> Option<String> {
     };
     let origin = origin.trim();
     // A browser's Origin is a URL (or "null"); it names a site, not a client.
-    let is_url = origin.contains("://") || origin == "null";
-    (!is_url && !origin.is_empty()).then(|| origin.to_owned())
+    (!super::auth::is_browser_origin(origin) && !origin.is_empty()).then(|| origin.to_owned())
 }
 
 fn wants_v1(headers: &HeaderMap) -> bool {
@@ -106,11 +132,16 @@ fn wants_v1(headers: &HeaderMap) -> bool {
 
 /// Validates the upgrade, registers the client and answers 101; the session
 /// itself runs in a task tracked for graceful shutdown.
-pub(crate) fn upgrade<B>(ctx: &Context, peer: SocketAddr, mut request: Request<B>) -> Response {
-    match accept(ctx, peer, &mut request) {
+pub(crate) async fn upgrade<B>(
+    ctx: &Context,
+    peer: SocketAddr,
+    mut request: Request<B>,
+) -> Response {
+    match accept(ctx, peer, &mut request).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::warn!(%peer, %error, "handshake refused");
+            let client = ctx.access.client_addr(peer, request.headers());
+            tracing::warn!(%peer, %client, %error, "handshake refused");
             ctx.hub.emit(EventKind::Error {
                 name: None,
                 message: format!("handshake from {peer} refused: {error}"),
@@ -120,7 +151,7 @@ pub(crate) fn upgrade<B>(ctx: &Context, peer: SocketAddr, mut request: Request<B
     }
 }
 
-fn accept<B>(
+async fn accept<B>(
     ctx: &Context,
     peer: SocketAddr,
     request: &mut Request<B>,
@@ -140,7 +171,28 @@ fn accept<B>(
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return Err(HandshakeError::NotWebSocket("connection cannot be upgraded"));
     };
-    let raw_name = requested_name(request).ok_or(HandshakeError::MissingName)?;
+    let requested = requested_name(request);
+    // With auth on, the token's subject names the client when nothing else does.
+    if requested.is_none() && !ctx.access.auth_enabled() {
+        return Err(HandshakeError::MissingName);
+    }
+    if let Some(raw) = &requested {
+        ctx.hub.client_name(raw).map_err(HandshakeError::InvalidName)?;
+    }
+    // --- access control (issue 5) ---
+    ctx.access.check_origin(request.headers()).map_err(HandshakeError::OriginRefused)?;
+    let addr = ctx.access.client_addr(peer, request.headers());
+    // Held by the session task: the place is freed when the session ends.
+    let admission = ctx.access.admit(addr.ip()).map_err(HandshakeError::Capped)?;
+    let grant = ctx
+        .access
+        .authenticate(request.headers(), request.uri().query(), requested.as_deref())
+        .map_err(HandshakeError::Unauthorized)?;
+    let raw_name = match (&grant, requested) {
+        (_, Some(name)) => name,
+        (Some(grant), None) => grant.sub.clone(),
+        (None, None) => return Err(HandshakeError::MissingName),
+    };
     let name = ctx.hub.client_name(&raw_name).map_err(HandshakeError::InvalidName)?;
     let protocol = if wants_v1(request.headers()) { Protocol::V1 } else { Protocol::Classic };
     // The welcome is queued before the name becomes visible to senders, so it
@@ -162,10 +214,24 @@ fn accept<B>(
             Outgoing::Text(welcome.encode())
         })
     };
+    // Cluster mode (issue 8): claim the name on every node first, so a name
+    // online on another node gets 409 too. Immediately before registering,
+    // so no refusal can come between the two and leave the claim dangling.
+    ctx.hub.claim(&name).await.map_err(HandshakeError::NameTaken)?;
     let (registration, outbox) = ctx
         .hub
-        .register_with(name.clone(), peer, protocol, welcome)
+        .register_with(name.clone(), addr, protocol, welcome)
         .map_err(HandshakeError::NameTaken)?;
+    if let Some(rooms) = grant.as_ref().and_then(|grant| grant.rooms.clone()) {
+        // Before the 101: the client cannot send a join until the upgrade.
+        registration.client().restrict_rooms(rooms);
+    }
+    let watch = Watch {
+        client: registration.client().clone(),
+        ends_at: grant.map(|grant| grant.ends_at),
+        idle: (ctx.config.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(ctx.config.idle_timeout_secs)),
+    };
 
     let ws_config = websocket_config(ctx.config.max_message_bytes);
     let settings = SessionSettings::from_config(&ctx.config);
@@ -179,7 +245,15 @@ fn accept<B>(
                     Some(ws_config),
                 )
                 .await;
-                session::run(socket, registration, outbox, settings, shutdown).await;
+                let run = session::run(socket, registration, outbox, settings, shutdown);
+                tokio::pin!(run);
+                // The watchdog only asks the session to close; the session
+                // then runs on to send the close frame and clean up.
+                tokio::select! {
+                    () = &mut run => {}
+                    () = watch.run() => run.await,
+                }
+                drop(admission);
             }
             Err(error) => {
                 tracing::warn!(%error, "upgrade failed after handshake");
@@ -200,6 +274,54 @@ fn accept<B>(
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_V1));
     }
     Ok(response)
+}
+
+/// Ends a session when its token expires (4002) or it idles too long (4003).
+struct Watch {
+    client: Arc<Client>,
+    ends_at: Option<SystemTime>,
+    idle: Option<Duration>,
+}
+
+impl Watch {
+    /// Returns after asking the session to close; pending forever when there
+    /// is nothing to watch. Idleness is sampled every quarter of the
+    /// timeout, so a silent client is closed between 1 and 1.25 timeouts
+    /// after its last message.
+    async fn run(self) {
+        use tokio::time::{sleep_until, Instant};
+        let expiry = self.ends_at.map(|at| {
+            Instant::now() + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        });
+        let tick = self.idle.map(|idle| (idle / 4).max(Duration::from_millis(100)));
+        let mut seen = self.client.messages_in();
+        let mut last_active = Instant::now();
+        loop {
+            let next_tick = tick.map(|tick| Instant::now() + tick);
+            let wake = match (expiry, next_tick) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => return std::future::pending().await,
+            };
+            sleep_until(wake).await;
+            let now = Instant::now();
+            if expiry.is_some_and(|at| now >= at) {
+                self.client.outbox().closer().close(CloseReason::TokenExpired);
+                return;
+            }
+            if let Some(idle) = self.idle {
+                let count = self.client.messages_in();
+                if count != seen {
+                    seen = count;
+                    last_active = now;
+                } else if now.duration_since(last_active) >= idle {
+                    let secs = idle.as_secs();
+                    self.client.outbox().closer().close(CloseReason::IdleTimeout { secs });
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// tungstenite settings: the size limit, and small buffers so an idle

@@ -11,10 +11,14 @@
 //! wait for them, bounded by the drain timeout.
 
 mod api;
+pub(crate) mod auth;
 mod dispatch;
+mod echo;
 mod handshake;
 mod listener;
+mod metrics;
 mod session;
+pub mod tls;
 mod web;
 
 use std::future::Future;
@@ -32,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::ApiError;
+pub use auth::{AccessError, AuthError, CapError};
 pub use handshake::HandshakeError;
 
 use crate::config::Config;
@@ -44,6 +49,8 @@ pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Access control (issue 5): tokens, origins, forwarded addresses, caps.
+    pub(crate) access: auth::Access,
 }
 
 /// Binds `addr` with the configured accept backlog, so a burst of connects
@@ -62,7 +69,9 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 /// session gracefully and returns.
 ///
 /// # Errors
-/// Only if the listener's address cannot be read; accept errors are retried.
+/// If the listener's address cannot be read, or the server must not start
+/// with this configuration ([`AccessError`], `InvalidInput`: e.g. a
+/// non-loopback address without an admin token); accept errors are retried.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -83,14 +92,38 @@ pub async fn run_with_hub(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
+    // --- access control (issue 5): refuse to start with the operator API
+    // open to the network, or with unreadable keys, before serving anything.
+    let access = auth::Access::new(&config, local)?;
+    // Read the certificate before serving anything: a bad file is fatal now,
+    // not a failure at each client's handshake.
+    let tls = tls::acceptor(&config)?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let drain = config.drain_timeout();
-    let ctx = Arc::new(Context { hub, config, shutdown: token.clone(), tracker: tracker.clone() });
+    // --- cluster (issue 8): the bus outlives the sessions, so that their
+    // leaves still reach the other nodes during shutdown.
+    let bus_token = CancellationToken::new();
+    let bus_task = match config.cluster_options() {
+        Some(options) => {
+            let (_, task) =
+                crate::cluster::redis::RedisBus::start(&hub, options, bus_token.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            Some(task)
+        }
+        None => None,
+    };
+    let ctx = Arc::new(Context {
+        hub,
+        config,
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+        access,
+    });
     let app = router(ctx.clone());
-    tracing::info!(addr = %local, "switchboard listening");
+    tracing::info!(addr = %local, tls = tls.is_some(), "switchboard listening");
 
-    let accepting = listener::accept_loop(listener, app, ctx.clone());
+    let accepting = listener::accept_loop(listener, app, ctx.clone(), tls);
     tokio::select! {
         () = accepting => {}
         () = shutdown => {}
@@ -102,6 +135,10 @@ pub async fn run_with_hub(
     if tokio::time::timeout(drain + Duration::from_secs(3), tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not finish within the drain timeout");
     }
+    if let Some(task) = bus_task {
+        bus_token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -110,11 +147,35 @@ fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::handler))
         .nest("/api", api::routes(ctx.clone()))
         .merge(web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(ctx.config.max_message_bytes))
+        // --- TLS and conformance (issue 5): the echo endpoint, only when configured.
+        .layer(tower::util::option_layer(
+            ctx.config
+                .echo_path
+                .is_some()
+                .then(|| axum::middleware::from_fn_with_state(ctx.clone(), echo::intercept)),
+        ))
         .with_state(ctx)
+}
+
+/// `GET /readyz`: ready to take clients. In cluster mode (issue 8), 503
+/// while the cluster bus is unreachable, so a load balancer sends new
+/// clients to healthy nodes; `/healthz` stays "process up".
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    use axum::response::IntoResponse;
+    if ctx.hub.bus().healthy() {
+        "ready\n".into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: cluster bus (Redis) unreachable; serving connected clients locally\n",
+        )
+            .into_response()
+    }
 }
 
 /// `GET /`: a WebSocket upgrade, or the browser page.
@@ -124,7 +185,7 @@ async fn root(
     request: Request,
 ) -> Response {
     if handshake::is_upgrade(&request) {
-        handshake::upgrade(&ctx, peer, request)
+        handshake::upgrade(&ctx, peer, request).await
     } else {
         web::index()
     }

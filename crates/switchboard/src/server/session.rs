@@ -14,7 +14,7 @@
 //! writer is the only one that sends the close frame. On shutdown the writer
 //! flushes what is queued (bounded by the drain timeout) and closes with 1001.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message as Frame, Utf8Bytes};
 
 use super::dispatch;
+use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
 use crate::hub::rate::TokenBucket;
 use crate::hub::{Client, CloseReason, Hub, OutboxReceiver, Outgoing, Protocol, Registration};
@@ -42,6 +43,20 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most frames written between two flushes: bounds the latency a large
 /// backlog adds to the first frame of a batch.
 const MAX_BATCH: usize = 256;
+
+/// Units of tokio's coop budget (128 per task poll) each routed frame
+/// consumes, so that one busy connection cannot hold the worker for a whole
+/// budget of reads (each 4 KiB read carries ~40 small frames) while a light
+/// client's frame waits.
+const BUDGET_PER_FRAME: usize = 1;
+
+// TEMP(measurement): override BUDGET_PER_FRAME from the environment.
+fn budget_per_frame() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("SB_BUDGET").ok().and_then(|v| v.parse().ok()).unwrap_or(BUDGET_PER_FRAME)
+    })
+}
 
 /// The slice of configuration a session needs.
 #[derive(Debug, Clone)]
@@ -70,18 +85,32 @@ impl SessionSettings {
 }
 
 /// When the client was last heard from, shared by reader and writer.
+///
+/// The reader only raises a flag per frame (no clock read on the hot path);
+/// the writer's keepalive tick, which reads the clock anyway, turns the flag
+/// into a time. So `idle` is late by at most one tick (half the shorter of
+/// ping interval and pong timeout): a ping or a keepalive close can come
+/// that much later, never earlier.
 #[derive(Debug)]
 struct Activity {
     start: Instant,
+    seen: AtomicBool,
     last_seen_ms: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
-        self.last_seen_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn new() -> Activity {
+        Activity { start: Instant::now(), seen: AtomicBool::new(false), last_seen_ms: AtomicU64::new(0) }
     }
+    fn touch(&self) {
+        self.seen.store(true, Ordering::Relaxed);
+    }
+    /// Only the writer calls this (on its keepalive tick).
     fn idle(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
+        if self.seen.swap(false, Ordering::Relaxed) {
+            self.last_seen_ms.store(now, Ordering::Relaxed);
+        }
         Duration::from_millis(now.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)))
     }
 }
@@ -98,7 +127,8 @@ pub(crate) async fn run<S>(
 {
     let client = registration.client().clone();
     let hub = registration.hub().clone();
-    let activity = Arc::new(Activity { start: Instant::now(), last_seen_ms: AtomicU64::new(0) });
+    let activity = Arc::new(Activity::new());
+    metrics::global().connected();
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         sink,
@@ -117,6 +147,7 @@ pub(crate) async fn run<S>(
         .reason()
         .cloned()
         .unwrap_or(CloseReason::Dropped("unknown".into()));
+    metrics::global().disconnected(&reason);
     registration.leave(&reason);
     let _ = writer.await;
 }
@@ -141,38 +172,57 @@ where
     // The byte bucket must hold at least one maximal message.
     let burst_bytes = (settings.rate_bytes_per_sec as f64).max(settings.max_message_bytes as f64);
     let mut bytes = TokenBucket::new(settings.rate_bytes_per_sec as f64, burst_bytes, now);
+    let rate_limited = settings.rate_messages_per_sec > 0 || settings.rate_bytes_per_sec > 0;
     let mut strikes = 0u32;
     let mut linger_until: Option<tokio::time::Instant> = None;
-    loop {
+    // Created once, not per frame; each is polled only until it fires (the
+    // branch is disabled once `linger_until` is set).
+    let mut closed = std::pin::pin!(closer.closed());
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut since_yield = 0usize;
+    let mut counts = InCounts::default();
+    let mut until_sample = metrics::SAMPLE_EVERY;
+    let reason = loop {
+        if since_yield > 0 {
+            // Charge tokio's coop budget for the frame just routed: a reader
+            // with a backlog yields after ~128 / BUDGET_PER_FRAME frames in
+            // one poll, so a light client's frame waits for a short turn of
+            // each busy session, not a whole budget of 4 KiB reads (issue 6,
+            // rtt under load). A reader that drains its socket never yields.
+            since_yield = 0;
+            for _ in 0..budget_per_frame() {
+                tokio::task::coop::consume_budget().await;
+            }
+        }
         let frame = tokio::select! {
             biased;
-            () = closer.closed(), if linger_until.is_none() => {
+            () = closed.as_mut(), if linger_until.is_none() => {
                 // Free the name and stop routing to this client now; the
                 // close handshake below only concerns the socket.
                 leave_now(registration);
                 linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
                 continue;
             }
-            () = shutdown.cancelled(), if linger_until.is_none() => {
+            () = cancelled.as_mut(), if linger_until.is_none() => {
                 // The writer drains and sends 1001; keep reading for the reply.
                 linger_until = Some(tokio::time::Instant::now() + settings.drain_timeout + CLOSE_LINGER);
                 continue;
             }
             () = sleep_until(linger_until), if linger_until.is_some() => {
-                return closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+                break closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
             }
             frame = stream.next() => frame,
         };
         let frame = match frame {
             None => {
-                return closer.reason().cloned().unwrap_or_else(|| {
+                break closer.reason().cloned().unwrap_or_else(|| {
                     CloseReason::Dropped("connection closed without a close frame".into())
                 })
             }
             Some(Err(error)) => {
                 let reason = reason_for(error, settings.max_message_bytes);
                 if linger_until.is_some() || reason.discards_queue() {
-                    return closer.reason().cloned().unwrap_or(reason);
+                    break closer.reason().cloned().unwrap_or(reason);
                 }
                 tracing::warn!(name = %client.name(), reason = %reason.text(), "closing session on bad input");
                 hub.emit(crate::hub::EventKind::Error {
@@ -209,10 +259,21 @@ where
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
         };
         client.count_in();
-        let now = Instant::now();
-        let over = if !messages.try_take(1.0, now) {
+        since_yield += 1;
+        let kind = match (&frame, client.protocol()) {
+            (Frame::Text(_), Protocol::Classic) => InKind::ClassicText,
+            (Frame::Text(_), Protocol::V1) => InKind::V1Text,
+            (_, Protocol::Classic) => InKind::ClassicBinary,
+            (_, Protocol::V1) => InKind::V1Binary,
+        };
+        if metrics::on() && counts.count(kind, payload_len) {
+            metrics::global().add_in(&mut counts);
+        }
+        let over = if !rate_limited {
+            None
+        } else if !messages.try_take(1.0, Instant::now()) {
             Some(format!("{} messages/s", settings.rate_messages_per_sec))
-        } else if !bytes.try_take(payload_len as f64, now) {
+        } else if !bytes.try_take(payload_len as f64, Instant::now()) {
             Some(format!("{} bytes/s", settings.rate_bytes_per_sec))
         } else {
             None
@@ -227,6 +288,8 @@ where
             continue;
         }
         strikes = 0;
+        until_sample -= u32::from(metrics::on());
+        let started = (until_sample == 0).then(Instant::now);
         match (frame, client.protocol()) {
             (Frame::Text(text), Protocol::Classic) => dispatch::classic_text(hub, client, &text),
             (Frame::Text(text), Protocol::V1) => dispatch::v1_text(hub, client, &text),
@@ -234,7 +297,13 @@ where
             (Frame::Binary(_), Protocol::Classic) => dispatch::classic_binary(client),
             _ => {}
         }
-    }
+        if let Some(started) = started {
+            until_sample = metrics::SAMPLE_EVERY;
+            metrics::global().observe_route(started.elapsed().as_secs_f64());
+        }
+    };
+    metrics::global().add_in(&mut counts);
+    reason
 }
 
 fn leave_now(registration: &mut Registration) {
@@ -282,35 +351,19 @@ async fn write_loop<S>(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pinged = false;
     let closer = outbox.closer().clone();
-    loop {
+    // Created once, not per batch: each fires at most once and ends the loop.
+    let mut closed = std::pin::pin!(closer.closed());
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let shutting_down = 'run: loop {
         tokio::select! {
             biased;
-            () = closer.closed() => {
-                let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
-                if !reason.discards_queue() {
-                    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-                    let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
-                }
-                if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
-                    send_close(&mut sink, &reason).await;
-                }
-                return;
-            }
-            () = shutdown.cancelled() => {
-                let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-                let drained = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
-                if drained.is_err() {
-                    tracing::warn!("drain timeout: closing with messages still queued");
-                }
-                closer.close(CloseReason::Shutdown);
-                send_close(&mut sink, &CloseReason::Shutdown).await;
-                return;
-            }
+            () = closed.as_mut() => break 'run false,
+            () = cancelled.as_mut() => break 'run true,
             item = outbox.recv() => {
                 let Some(item) = item else { return };
                 let written = tokio::select! {
                     biased;
-                    () = closer.closed() => Ok(()),
+                    () = closed.as_mut() => break 'run false,
                     result = write_batch(&mut sink, &mut outbox, item, protocol, &mut seq) => result,
                 };
                 if let Err(error) = written {
@@ -333,6 +386,24 @@ async fn write_loop<S>(
                 }
             }
         }
+    };
+    if shutting_down {
+        let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+        let drained = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout: closing with messages still queued");
+        }
+        closer.close(CloseReason::Shutdown);
+        send_close(&mut sink, &CloseReason::Shutdown).await;
+    } else {
+        let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+        if !reason.discards_queue() {
+            let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+            let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
+        }
+        if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
+            send_close(&mut sink, &reason).await;
+        }
     }
 }
 
@@ -348,16 +419,42 @@ async fn write_batch<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(frame) = encode(first, protocol, seq) {
+    // Counted locally, added to /metrics once per batch.
+    let mut counts = OutCounts::default();
+    if let Some(frame) = encode_counted(first, protocol, seq, &mut counts) {
         sink.feed(frame).await?;
     }
     for _ in 1..MAX_BATCH {
         let Some(item) = outbox.try_recv() else { break };
-        if let Some(frame) = encode(item, protocol, seq) {
+        if let Some(frame) = encode_counted(item, protocol, seq, &mut counts) {
             sink.feed(frame).await?;
         }
     }
+    if metrics::on() {
+        metrics::global().add_out(&counts);
+    }
     sink.flush().await
+}
+
+/// [`encode`], counting the frame for `/metrics`.
+fn encode_counted(
+    item: Outgoing,
+    protocol: Protocol,
+    seq: &mut u64,
+    counts: &mut OutCounts,
+) -> Option<Frame> {
+    let kind = match item {
+        Outgoing::Deliver(_) => OutKind::Delivery,
+        Outgoing::Text(_) | Outgoing::Binary(_) => OutKind::Reply,
+    };
+    let frame = encode(item, protocol, seq)?;
+    let len = match &frame {
+        Frame::Text(text) => text.len(),
+        Frame::Binary(data) => data.len(),
+        _ => 0,
+    };
+    counts.count(kind, len);
+    Some(frame)
 }
 
 async fn drain<S>(
@@ -397,8 +494,8 @@ fn encode(item: Outgoing, protocol: Protocol, seq: &mut u64) -> Option<Frame> {
         Outgoing::Text(text) => Some(Frame::Text(Utf8Bytes::from(text))),
         Outgoing::Binary(bytes) => Some(Frame::Binary(bytes)),
         Outgoing::Deliver(message) => match protocol {
-            Protocol::Classic => match message.classic_text() {
-                Some(text) => Some(Frame::Text(Utf8Bytes::from(text.to_owned()))),
+            Protocol::Classic => match message.classic_frame() {
+                Some(text) => Some(Frame::Text(text)),
                 None => message.classic_binary().map(Frame::Binary),
             },
             Protocol::V1 => {

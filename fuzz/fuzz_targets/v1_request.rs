@@ -1,0 +1,8 @@
+//! Fuzz target `v1_request`: see `fuzz/checks.rs` for what it checks.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::v1_request(data));
