@@ -376,7 +376,8 @@ async fn close_all(conns: impl IntoIterator<Item = Conn>) {
 /// When the clients cannot connect.
 pub async fn dm(ctx: &Arc<Ctx>, p: &DmParams, variant: &str) -> anyhow::Result<Value> {
     let receivers =
-        connect_all_to(ctx, ctx.receiver_target.as_ref().unwrap_or(&ctx.target), p.pairs, false).await?;
+        connect_all_to(ctx, ctx.receiver_target.as_ref().unwrap_or(&ctx.target), p.pairs, false)
+            .await?;
     let senders = connect_all(ctx, p.pairs, false).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let total = p.pairs as u64 * p.messages;

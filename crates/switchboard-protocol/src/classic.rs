@@ -143,7 +143,9 @@ pub fn encode_direct(src: &str, dst: &str, msg: &str) -> String {
 /// assert_eq!(encode_direct_raw("a", "b", r#""hi \u0022""#), r#"{"src":"a","dst":"b","msg":"hi \u0022"}"#);
 /// ```
 pub fn encode_direct_raw(src: &str, dst: &str, msg_json: &str) -> String {
-    let mut out = Vec::with_capacity(24 + src.len() + dst.len() + msg_json.len());
+    // Exact for names without escapes (always, for validated names): the
+    // buffer is never regrown and becomes a shared frame without a copy.
+    let mut out = Vec::with_capacity(26 + src.len() + dst.len() + msg_json.len());
     out.extend_from_slice(b"{\"src\":");
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, src);

@@ -336,8 +336,15 @@ impl AuthConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the table's consistency (also done when the server starts).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] saying what is missing or wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid(format!("auth: {message}")));
+        if self.leeway_secs > 3600 {
+            return invalid("leeway_secs must be at most 3600");
+        }
         match (self.algorithm, &self.secret, &self.public_key) {
             (JwtAlgorithm::Hs256, Some(secret), None) if secret.len() >= 32 => Ok(()),
             (JwtAlgorithm::Hs256, Some(_), None) => {

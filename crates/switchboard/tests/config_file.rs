@@ -12,9 +12,14 @@ async fn options_from_the_config_file_are_applied() {
     let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("switchboard.toml");
-    std::fs::write(&path, "# a test configuration\nmax_message_bytes = 100\nmax_queued_bytes = 4096\n").expect("write");
+    std::fs::write(
+        &path,
+        "# a test configuration\nmax_message_bytes = 100\nmax_queued_bytes = 4096\n",
+    )
+    .expect("write");
     let server = ServerProcess::start(&["--config", path.to_str().expect("utf-8 path")]).await;
-    let (mut client, _) = tokio_tungstenite::connect_async(server.ws_url("alice")).await.expect("connect");
+    let (mut client, _) =
+        tokio_tungstenite::connect_async(server.ws_url("alice")).await.expect("connect");
     client.send(Message::text("x".repeat(200))).await.expect("send");
     let close = loop {
         match tokio::time::timeout(common::WAIT, client.next()).await.expect("close in time") {

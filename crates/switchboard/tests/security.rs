@@ -261,6 +261,11 @@ async fn valid_tokens_are_accepted_from_header_query_and_cookie() {
     let cookie = format!("theme=dark; switchboard_token={}", token("carol"));
     let mut carol = accepted(request(&server, "", &[("Cookie", &cookie)])).await;
 
+    // An expiry at the end of time is accepted without overflowing a clock.
+    let forever = hs256(SECRET, &json!({"sub": "dave", "exp": u64::MAX}));
+    let dave = accepted(request(&server, &format!("?token={forever}"), &[])).await;
+    dave.close().await;
+    eventually("dave left", || server.hub.client("dave").is_none()).await;
     let names: Vec<String> = server.hub.online().iter().map(|n| n.to_string()).collect();
     assert_eq!(names, ["alice", "bob", "carol"]);
     bob.send(&json!({"dst": "carol", "msg": "from bob"}).to_string()).await;

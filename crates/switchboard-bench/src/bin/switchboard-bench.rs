@@ -138,7 +138,8 @@ fn main() -> anyhow::Result<()> {
         Kind::Raw => "raw-relay".into(),
     });
     let mut ctx = Ctx::new(target, label, cli.server_pid, cli.max_secs, cli.size);
-    ctx.receiver_target = cli.receiver_target.as_deref().map(|r| Target::parse(r, kind)).transpose()?;
+    ctx.receiver_target =
+        cli.receiver_target.as_deref().map(|r| Target::parse(r, kind)).transpose()?;
     let ctx = Arc::new(ctx);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let records = tokio::task::LocalSet::new().block_on(&runtime, run(ctx, cli.command))?;

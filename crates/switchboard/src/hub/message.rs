@@ -5,15 +5,15 @@
 //! shape, by the first writer that needs them, and reused by all the others:
 //! a broadcast to 10,000 clients is serialised once, not 10,000 times.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 // A refcounted UTF-8 buffer (not a socket type): the classic frame is
 // encoded once and each recipient's writer clones a reference to it.
-use tungstenite::Utf8Bytes;
 use switchboard_protocol::v1::{self, EncodedDelivery, PresenceEvent};
 use switchboard_protocol::{binary, classic, ClientName, RoomName};
+use tungstenite::Utf8Bytes;
 
 /// What a message says and who it is from; the sender is always the hub's
 /// record of who sent it, never what the client claimed.
@@ -134,21 +134,36 @@ impl Message {
         self.classic_encoded().cloned()
     }
 
-    fn classic_encoded(&self) -> Option<&Utf8Bytes> {
-        self.classic
-            .get_or_init(|| match &self.body {
-                Body::Direct { from, to, text } => {
-                    Some(classic::encode_direct(from.as_str(), to.as_str(), text))
-                }
-                Body::Room { room, from, text } => Some(classic::encode_room(
-                    room.as_str(),
-                    from.as_ref().map_or("server", ClientName::as_str),
-                    text,
-                )),
-                Body::Server { text, .. } => Some(text.clone()),
-                Body::Presence { .. } | Body::Binary { .. } => None,
+    /// As [`Message::classic_frame`], for a writer that owns a reference:
+    /// the last recipient (the only one, for a DM) takes the buffer out
+    /// instead of cloning it.
+    pub fn into_classic_frame(self: Arc<Self>) -> Option<Utf8Bytes> {
+        match Arc::try_unwrap(self) {
+            Ok(message) => {
+                message.classic_encoded();
+                message.classic.into_inner().flatten()
             }
-            .map(Utf8Bytes::from))
+            Err(shared) => shared.classic_frame(),
+        }
+    }
+
+        fn classic_encoded(&self) -> Option<&Utf8Bytes> {
+        self.classic
+            .get_or_init(|| {
+                match &self.body {
+                    Body::Direct { from, to, text } => {
+                        Some(classic::encode_direct(from.as_str(), to.as_str(), text))
+                    }
+                    Body::Room { room, from, text } => Some(classic::encode_room(
+                        room.as_str(),
+                        from.as_ref().map_or("server", ClientName::as_str),
+                        text,
+                    )),
+                    Body::Server { text, .. } => Some(text.clone()),
+                    Body::Presence { .. } | Body::Binary { .. } => None,
+                }
+                .map(Utf8Bytes::from)
+            })
             .as_ref()
     }
 

@@ -114,8 +114,9 @@ pub enum AuthError {
 pub(crate) struct Grant {
     /// The client's name (`sub`).
     pub(crate) sub: String,
-    /// When the session must end: `exp` plus the leeway.
-    pub(crate) ends_at: SystemTime,
+    /// When the session must end: `exp` plus the leeway; `None` when that
+    /// is beyond what the clock can represent (never, in practice).
+    pub(crate) ends_at: Option<SystemTime>,
     /// The rooms it may join or watch, when the token restricts them.
     pub(crate) rooms: Option<Vec<String>>,
 }
@@ -124,8 +125,8 @@ pub(crate) struct Grant {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
-    // NumericDate may be fractional (RFC 7519 §2).
-    exp: f64,
+    // jsonwebtoken has already required a whole number here.
+    exp: u64,
     #[serde(default)]
     rooms: Option<Vec<String>>,
 }
@@ -140,6 +141,8 @@ struct Verifier {
 
 impl Verifier {
     fn new(config: &AuthConfig) -> Result<Verifier, AccessError> {
+        // `run` may be given a Config that never went through `validate`.
+        config.validate().map_err(|error| AccessError::Invalid(error.to_string()))?;
         let bad_key = |what: String| {
             move |source| AccessError::BadKey { algorithm: config.algorithm, what, source }
         };
@@ -161,10 +164,10 @@ impl Verifier {
                 DecodingKey::from_ed_pem(&read(path)?)
                     .map_err(bad_key(path.display().to_string()))?,
             ),
+            // Ruled out by `validate` above.
             _ => {
                 return Err(AccessError::Invalid(
-                    "auth: HS256 needs `secret`; RS256 and EdDSA need `public_key`, not both"
-                        .into(),
+                    "auth: HS256 needs `secret`; RS256 and EdDSA need `public_key`".into(),
                 ))
             }
         };
@@ -196,8 +199,11 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|error| self.explain(error))?;
         let claims = data.claims;
-        let exp = UNIX_EPOCH + Duration::from_secs_f64(claims.exp.max(0.0));
-        Ok(Grant { sub: claims.sub, ends_at: exp + self.leeway, rooms: claims.rooms })
+        // Checked: `exp` is client input, and may be as large as u64::MAX.
+        let ends_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .and_then(|exp| exp.checked_add(self.leeway));
+        Ok(Grant { sub: claims.sub, ends_at, rooms: claims.rooms })
     }
 
     fn explain(&self, error: jsonwebtoken::errors::Error) -> AuthError {

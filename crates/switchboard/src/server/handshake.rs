@@ -228,7 +228,7 @@ async fn accept<B>(
     }
     let watch = Watch {
         client: registration.client().clone(),
-        ends_at: grant.map(|grant| grant.ends_at),
+        ends_at: grant.and_then(|grant| grant.ends_at),
         idle: (ctx.config.idle_timeout_secs > 0)
             .then(|| Duration::from_secs(ctx.config.idle_timeout_secs)),
     };
@@ -290,8 +290,9 @@ impl Watch {
     /// after its last message.
     async fn run(self) {
         use tokio::time::{sleep_until, Instant};
-        let expiry = self.ends_at.map(|at| {
-            Instant::now() + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        // An expiry too far away for the monotonic clock is no expiry.
+        let expiry = self.ends_at.and_then(|at| {
+            Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default())
         });
         let tick = self.idle.map(|idle| (idle / 4).max(Duration::from_millis(100)));
         let mut seen = self.client.messages_in();

@@ -79,12 +79,6 @@ pub(crate) struct Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-// TEMP(measurement): SB_NO_METRICS=1 turns the hot-path counting off.
-pub(crate) fn on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("SB_NO_METRICS").is_none())
-}
-
 /// The process-wide metrics.
 pub(crate) fn global() -> &'static Metrics {
     &METRICS
@@ -107,7 +101,8 @@ impl Metrics {
             "Data frames received from clients, by kind",
             messages_in_family.clone(),
         );
-        let messages_in = IN_KINDS.map(|kind| messages_in_family.get_or_create(&vec![("kind", kind)]).clone());
+        let messages_in =
+            IN_KINDS.map(|kind| messages_in_family.get_or_create(&vec![("kind", kind)]).clone());
         let messages_out_family = Family::<Labels, Counter>::default();
         registry.register(
             "messages_out",
@@ -117,7 +112,11 @@ impl Metrics {
         let messages_out =
             OUT_KINDS.map(|kind| messages_out_family.get_or_create(&vec![("kind", kind)]).clone());
         let bytes_in = Counter::default();
-        registry.register("received_bytes", "Payload bytes of data frames received", bytes_in.clone());
+        registry.register(
+            "received_bytes",
+            "Payload bytes of data frames received",
+            bytes_in.clone(),
+        );
         let bytes_out = Counter::default();
         registry.register("sent_bytes", "Payload bytes of frames written", bytes_out.clone());
         let queued_bytes = Gauge::default();
@@ -250,8 +249,41 @@ pub(crate) async fn handler(State(ctx): State<Arc<Context>>) -> impl IntoRespons
     let mut body = String::with_capacity(4096);
     // Writing into a String cannot fail.
     let _ = encode(&mut body, &metrics.registry);
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        body,
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_reach_the_exposition() {
+        let metrics = global();
+        let mut counts = InCounts::default();
+        let flush = (0..FLUSH_EVERY).map(|_| counts.count(InKind::ClassicText, 10)).last();
+        assert_eq!(flush, Some(true));
+        metrics.add_in(&mut counts);
+        let mut out = OutCounts::default();
+        out.count(OutKind::Delivery, 7);
+        metrics.add_out(&out);
+        metrics.connected();
+        metrics.disconnected(&CloseReason::SlowConsumer { limit: 1 });
+        metrics.observe_route(3e-6);
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).unwrap_or_default();
+        for line in [
+            "# TYPE switchboard_messages_in counter",
+            "switchboard_messages_in_total{kind=\"classic_text\"}",
+            "switchboard_messages_out_total{kind=\"delivery\"}",
+            "switchboard_received_bytes_total",
+            "switchboard_sent_bytes_total",
+            "switchboard_open_connections",
+            "switchboard_connections_total",
+            "switchboard_queued_bytes",
+            "switchboard_disconnects_total{reason=\"slow_consumer\"}",
+            "switchboard_route_seconds_bucket{le=",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 }

@@ -50,14 +50,6 @@ const MAX_BATCH: usize = 256;
 /// client's frame waits.
 const BUDGET_PER_FRAME: usize = 1;
 
-// TEMP(measurement): override BUDGET_PER_FRAME from the environment.
-fn budget_per_frame() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("SB_BUDGET").ok().and_then(|v| v.parse().ok()).unwrap_or(BUDGET_PER_FRAME)
-    })
-}
-
 /// The slice of configuration a session needs.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionSettings {
@@ -100,7 +92,11 @@ struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity { start: Instant::now(), seen: AtomicBool::new(false), last_seen_ms: AtomicU64::new(0) }
+        Activity {
+            start: Instant::now(),
+            seen: AtomicBool::new(false),
+            last_seen_ms: AtomicU64::new(0),
+        }
     }
     fn touch(&self) {
         self.seen.store(true, Ordering::Relaxed);
@@ -190,7 +186,7 @@ where
             // each busy session, not a whole budget of 4 KiB reads (issue 6,
             // rtt under load). A reader that drains its socket never yields.
             since_yield = 0;
-            for _ in 0..budget_per_frame() {
+            for _ in 0..BUDGET_PER_FRAME {
                 tokio::task::coop::consume_budget().await;
             }
         }
@@ -266,7 +262,7 @@ where
             (_, Protocol::Classic) => InKind::ClassicBinary,
             (_, Protocol::V1) => InKind::V1Binary,
         };
-        if metrics::on() && counts.count(kind, payload_len) {
+        if counts.count(kind, payload_len) {
             metrics::global().add_in(&mut counts);
         }
         let over = if !rate_limited {
@@ -288,7 +284,7 @@ where
             continue;
         }
         strikes = 0;
-        until_sample -= u32::from(metrics::on());
+        until_sample -= 1;
         let started = (until_sample == 0).then(Instant::now);
         match (frame, client.protocol()) {
             (Frame::Text(text), Protocol::Classic) => dispatch::classic_text(hub, client, &text),
@@ -389,7 +385,9 @@ async fn write_loop<S>(
     };
     if shutting_down {
         let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-        let drained = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
+        let drained =
+            tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq))
+                .await;
         if drained.is_err() {
             tracing::warn!("drain timeout: closing with messages still queued");
         }
@@ -399,7 +397,11 @@ async fn write_loop<S>(
         let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
         if !reason.discards_queue() {
             let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-            let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq)).await;
+            let _ = tokio::time::timeout_at(
+                deadline,
+                drain(&mut sink, &mut outbox, protocol, &mut seq),
+            )
+            .await;
         }
         if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
             send_close(&mut sink, &reason).await;
@@ -430,9 +432,7 @@ where
             sink.feed(frame).await?;
         }
     }
-    if metrics::on() {
-        metrics::global().add_out(&counts);
-    }
+    metrics::global().add_out(&counts);
     sink.flush().await
 }
 
@@ -494,9 +494,9 @@ fn encode(item: Outgoing, protocol: Protocol, seq: &mut u64) -> Option<Frame> {
         Outgoing::Text(text) => Some(Frame::Text(Utf8Bytes::from(text))),
         Outgoing::Binary(bytes) => Some(Frame::Binary(bytes)),
         Outgoing::Deliver(message) => match protocol {
-            Protocol::Classic => match message.classic_frame() {
-                Some(text) => Some(Frame::Text(text)),
-                None => message.classic_binary().map(Frame::Binary),
+            Protocol::Classic => match message.classic_binary() {
+                Some(payload) => Some(Frame::Binary(payload)),
+                None => message.into_classic_frame().map(Frame::Text),
             },
             Protocol::V1 => {
                 *seq += 1;
