@@ -9,6 +9,12 @@
 //! The one deliberate difference from the tutorial: `src` is always the
 //! sender's real name, stamped by the hub. Whatever `src` the client wrote is
 //! ignored.
+//!
+//! On the hub's hot path a private message's `msg` is not unescaped and
+//! escaped again: [`parse_direct`] keeps the sender's JSON string literal and
+//! [`encode_direct_raw`] splices it into the recipient's object. The
+//! recipient gets the same JSON value as from [`encode_direct`]; only the
+//! escaping inside `msg` is the sender's (e.g. `\u00e9` stays `\u00e9`).
 
 use std::borrow::Cow;
 
@@ -145,17 +151,34 @@ pub fn encode_direct(src: &str, dst: &str, msg: &str) -> String {
 pub fn encode_direct_raw(src: &str, dst: &str, msg_json: &str) -> String {
     // Exact for names without escapes (always, for validated names): the
     // buffer is never regrown and becomes a shared frame without a copy.
-    let mut out = Vec::with_capacity(26 + src.len() + dst.len() + msg_json.len());
-    out.extend_from_slice(b"{\"src\":");
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, src);
-    out.extend_from_slice(b",\"dst\":");
-    let _ = serde_json::to_writer(&mut out, dst);
-    out.extend_from_slice(b",\"msg\":");
-    out.extend_from_slice(msg_json.as_bytes());
-    out.push(b'}');
-    // Every part is UTF-8: serde's output and the caller's `&str`.
-    String::from_utf8(out).unwrap_or_default()
+    let mut out = String::with_capacity(26 + src.len() + dst.len() + msg_json.len());
+    out.push_str("{\"src\":");
+    push_json_str(&mut out, src);
+    out.push_str(",\"dst\":");
+    push_json_str(&mut out, dst);
+    out.push_str(",\"msg\":");
+    out.push_str(msg_json);
+    out.push('}');
+    out
+}
+
+/// Appends `value` as a JSON string literal, escaped by serde.
+fn push_json_str(out: &mut String, value: &str) {
+    /// Lets serde write into a `String`: serde's formatter only ever writes
+    /// whole UTF-8 sequences, and the chunks are short (names).
+    struct Utf8Writer<'a>(&'a mut String);
+    impl std::io::Write for Utf8Writer<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+            self.0.push_str(text);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Serialising a &str cannot fail.
+    let _ = serde_json::to_writer(Utf8Writer(out), value);
 }
 
 /// The plain-text notice a classic sender gets when its recipient is not online.

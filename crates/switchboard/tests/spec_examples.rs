@@ -214,6 +214,8 @@ fn every_error_code_and_close_code_is_documented() {
         close::INTERNAL_ERROR,
         close::KICKED,
         close::KEEPALIVE_TIMEOUT,
+        close::TOKEN_EXPIRED,
+        close::IDLE_TIMEOUT,
     ];
     for code in closes {
         assert!(SPEC.contains(&format!("| {code} |")), "close code {code} has no row in the spec");

@@ -147,7 +147,7 @@ impl Message {
         }
     }
 
-        fn classic_encoded(&self) -> Option<&Utf8Bytes> {
+    fn classic_encoded(&self) -> Option<&Utf8Bytes> {
         self.classic
             .get_or_init(|| {
                 match &self.body {
