@@ -405,6 +405,31 @@ async fn rate_limited_frames_are_refused_one_by_one() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_binary_frame_is_refused_with_its_id() {
+    let server = TestServer::start_with(config(|c| {
+        c.rate_messages_per_sec = 1;
+        c.rate_strikes = 1000;
+    }))
+    .await;
+    let mut alice = v1(&server, "alice").await;
+    let _bob = v1(&server, "bob").await;
+    // The first frame uses the one token; the second is refused.
+    for id in ["b1", "b2"] {
+        let frame = binary::encode_outgoing(id, Target::Client("bob"), b"payload");
+        alice.socket.send(Message::Binary(frame)).await.expect("send binary");
+    }
+    let first = alice.recv_json().await;
+    assert_eq!(
+        (first["type"].as_str(), first["id"].as_str()),
+        (Some("ack"), Some("b1")),
+        "{first}"
+    );
+    let second = alice.recv_json().await;
+    assert_eq!(second["code"], "rate_limited", "{second}");
+    assert_eq!(second["id"], "b2", "the refusal names the binary frame's id");
+}
+
+#[tokio::test]
 async fn persisting_past_the_rate_limit_closes_with_1008() {
     let server = TestServer::start_with(config(|c| {
         c.rate_messages_per_sec = 1;

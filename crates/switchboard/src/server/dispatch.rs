@@ -108,12 +108,19 @@ pub(crate) fn classic_binary(client: &Client) {
 }
 
 /// Tells the client its message was refused by the rate limit.
-pub(crate) fn rate_limited(client: &Client, frame_text: Option<&str>, limit: &str) {
+/// `refused` is the refused frame: text, or the bytes of a binary frame.
+pub(crate) fn rate_limited(client: &Client, refused: Result<&str, &[u8]>, limit: &str) {
     let message = format!("rate limit exceeded ({limit}); message refused");
     match client.protocol() {
         crate::hub::Protocol::Classic => reply_text(client, classic::error_notice(&message)),
         crate::hub::Protocol::V1 => {
-            let id = frame_text.and_then(request_id);
+            let id = match refused {
+                Ok(text) => request_id(text),
+                Err(bytes) => binary::parse_outgoing(bytes)
+                    .ok()
+                    .filter(|frame| !frame.id.is_empty())
+                    .map(|frame| frame.id.to_owned()),
+            };
             reply(client, Reply::error(id.as_deref(), ErrorCode::RateLimited, message));
         }
     }

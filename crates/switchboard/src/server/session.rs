@@ -276,7 +276,11 @@ where
         };
         if let Some(limit) = over {
             strikes += 1;
-            dispatch::rate_limited(client, text, &limit);
+            let refused = match &frame {
+                Frame::Binary(bytes) => Err(&bytes[..]),
+                _ => Ok(text.unwrap_or_default()),
+            };
+            dispatch::rate_limited(client, refused, &limit);
             if strikes >= settings.rate_strikes.max(1) {
                 tracing::warn!(name = %client.name(), "disconnecting client that keeps exceeding its rate limit");
                 closer.close(CloseReason::RateLimited);
