@@ -18,19 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use switchboard_protocol::close;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 use super::handshake::{self, HandshakeError};
@@ -59,66 +56,24 @@ pub(crate) async fn intercept(
 /// Validates the upgrade, answers 101 and echoes on the upgraded socket in a
 /// task tracked for graceful shutdown.
 fn upgrade(ctx: &Context, mut request: Request) -> Response {
-    let key = match validate(request.method(), request.headers()) {
+    let key = match handshake::validate_upgrade(request.method(), request.headers()) {
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return HandshakeError::NotWebSocket("connection cannot be upgraded").into_response();
     };
-    let ws_config = handshake::websocket_config(ctx.config.max_message_bytes);
+    let max_message_bytes = ctx.config.max_message_bytes;
     let shutdown = ctx.shutdown.clone();
     ctx.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                echo(socket, shutdown).await;
+                echo(handshake::server_socket(upgraded, max_message_bytes).await, shutdown).await
             }
             Err(error) => tracing::debug!(%error, "echo upgrade failed after handshake"),
         }
     });
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    response
-}
-
-/// The RFC 6455 section 4.2.1 checks; returns the `Sec-WebSocket-Key`.
-fn validate(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, HandshakeError> {
-    if method != Method::GET {
-        return Err(HandshakeError::NotWebSocket("method must be GET"));
-    }
-    if !has_token(headers, header::UPGRADE, "websocket") {
-        return Err(HandshakeError::NotWebSocket("missing Upgrade: websocket"));
-    }
-    if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(HandshakeError::NotWebSocket("missing Connection: upgrade"));
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        return Err(HandshakeError::UnsupportedVersion);
-    }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .cloned()
-        .ok_or(HandshakeError::NotWebSocket("missing Sec-WebSocket-Key"))
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    handshake::switching_protocols(key.as_bytes(), None)
 }
 
 /// Echoes until the peer closes, the input is invalid, or the server shuts down.

@@ -156,18 +156,7 @@ async fn accept<B>(
     peer: SocketAddr,
     request: &mut Request<B>,
 ) -> Result<Response, HandshakeError> {
-    if request.method() != Method::GET {
-        return Err(HandshakeError::NotWebSocket("method must be GET"));
-    }
-    if !header_has_token(request.headers(), header::CONNECTION, "upgrade") {
-        return Err(HandshakeError::NotWebSocket("missing Connection: upgrade"));
-    }
-    if request.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        return Err(HandshakeError::UnsupportedVersion);
-    }
-    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return Err(HandshakeError::NotWebSocket("missing Sec-WebSocket-Key"));
-    };
+    let key = validate_upgrade(request.method(), request.headers())?;
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return Err(HandshakeError::NotWebSocket("connection cannot be upgraded"));
     };
@@ -233,18 +222,13 @@ async fn accept<B>(
             .then(|| Duration::from_secs(ctx.config.idle_timeout_secs)),
     };
 
-    let ws_config = websocket_config(ctx.config.max_message_bytes);
+    let max_message_bytes = ctx.config.max_message_bytes;
     let settings = SessionSettings::from_config(&ctx.config);
     let shutdown = ctx.shutdown.clone();
     ctx.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
+                let socket = server_socket(upgraded, max_message_bytes).await;
                 let run = session::run(socket, registration, outbox, settings, shutdown);
                 tokio::pin!(run);
                 // The watchdog only asks the session to close; the session
@@ -262,18 +246,62 @@ async fn accept<B>(
         }
     });
 
+    Ok(switching_protocols(key.as_bytes(), (protocol == Protocol::V1).then_some(SUBPROTOCOL_V1)))
+}
+
+/// The RFC 6455 section 4.2.1 checks; returns the `Sec-WebSocket-Key`.
+///
+/// # Errors
+/// The first check that fails, as the handshake error to answer with.
+pub(crate) fn validate_upgrade(
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, HandshakeError> {
+    if method != Method::GET {
+        return Err(HandshakeError::NotWebSocket("method must be GET"));
+    }
+    if !header_has_token(headers, header::UPGRADE, "websocket") {
+        return Err(HandshakeError::NotWebSocket("missing Upgrade: websocket"));
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::NotWebSocket("missing Connection: upgrade"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or(HandshakeError::NotWebSocket("missing Sec-WebSocket-Key"))
+}
+
+/// The 101 answer to a validated upgrade with `key`, naming `subprotocol` if any.
+pub(crate) fn switching_protocols(key: &[u8], subprotocol: Option<&'static str>) -> Response {
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key)) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    if protocol == Protocol::V1 {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_V1));
+    if let Some(subprotocol) = subprotocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
     }
-    Ok(response)
+    response
+}
+
+/// The server side of an upgraded connection, with the hub's tungstenite settings.
+pub(crate) async fn server_socket(
+    upgraded: hyper::upgrade::Upgraded,
+    max_message_bytes: usize,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(websocket_config(max_message_bytes)),
+    )
+    .await
 }
 
 /// Ends a session when its token expires (4002) or it idles too long (4003).
