@@ -8,10 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use common::cli::Cli;
 use common::process::ServerProcess;
 use common::{test_config, TestServer, WsClient, WAIT};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -19,7 +20,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use serde_json::json;
 use switchboard::config::Config;
 use switchboard_client::{ClientBuilder, ConnectError, Event, Events, ReconnectPolicy};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -256,63 +257,6 @@ async fn the_client_library_refuses_an_untrusted_certificate_and_a_bad_ca() {
     server.stop().await;
 }
 
-/// `switchboard connect wss://... --ca` as a child process.
-struct Cli {
-    child: tokio::process::Child,
-    stdin: Option<tokio::process::ChildStdin>,
-    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Cli {
-    fn spawn(url: &str, name: &str, ca: &Path) -> Cli {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["connect", url, "--name", name, "--no-reconnect", "--ca"])
-            .arg(ca)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn switchboard connect");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Cli { child, stdin, stdout }
-    }
-
-    async fn expect_line(&mut self, what: &str, check: impl Fn(&str) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        for _ in 0..MAX_ITEMS {
-            match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
-                Ok(Ok(Some(line))) if check(&line) => return,
-                Ok(Ok(Some(_))) => continue,
-                Ok(other) => panic!("output ended while waiting for {what}: {other:?}"),
-                Err(_) => panic!("timed out waiting for {what}"),
-            }
-        }
-        panic!("no {what} in {MAX_ITEMS} lines");
-    }
-
-    async fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write stdin");
-        stdin.flush().await.expect("flush stdin");
-    }
-
-    /// Closes stdin; returns the exit code and stderr.
-    async fn finish(mut self) -> (Option<i32>, String) {
-        drop(self.stdin.take());
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            let _ = tokio::time::timeout(WAIT, pipe.read_to_string(&mut stderr)).await;
-        }
-        let status = tokio::time::timeout(WAIT * 3, self.child.wait())
-            .await
-            .expect("cli exits in time")
-            .expect("wait");
-        (status.code(), stderr)
-    }
-}
-
 #[tokio::test]
 async fn cli_connects_over_wss_with_ca() {
     let pki = Pki::new("cli");
@@ -323,14 +267,15 @@ async fn cli_connects_over_wss_with_ca() {
         .await
         .expect("bob connects");
 
-    let mut cli = Cli::spawn(&wss(&server), "alice", &pki.ca_path);
+    let ca = pki.ca_path.to_str().expect("utf-8 path");
+    let mut cli = Cli::spawn(&wss(&server), "alice", &["--no-reconnect", "--ca", ca]);
     cli.expect_line("connected", |line| line.starts_with("* connected as")).await;
     cli.send("@bob hi bob from the CLI").await;
     expect_event(&mut bob_events, "the CLI's DM", |e| is_dm(e, "alice", "hi bob from the CLI"))
         .await;
     bob.send_direct("alice", "hi alice").expect("send");
     cli.expect_line("bob's DM", |line| line == "[bob] hi alice").await;
-    let (code, stderr) = cli.finish().await;
+    let (code, _, stderr) = cli.finish().await;
     assert_eq!(code, Some(0), "{stderr}");
 
     // Without --ca the CLI explains the refusal on one line and fails.

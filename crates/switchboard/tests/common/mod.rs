@@ -1,6 +1,7 @@
 //! Test harness: the real server on 127.0.0.1:0, real WebSocket clients.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cli;
 pub mod process;
 
 use std::net::SocketAddr;
