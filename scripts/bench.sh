@@ -18,12 +18,13 @@ OUT_DIR=${BENCH_OUT:-target/bench}
 RESULTS=$OUT_DIR/results.jsonl
 DOC=${BENCH_DOC:-docs/performance.md}
 # BENCH_TARGETS="switchboard" runs only some of the servers (for quick iterations).
-TARGETS=${BENCH_TARGETS:-switchboard naive-hub raw-relay}
+TARGETS=${BENCH_TARGETS:-switchboard switchboard-ephemeral naive-hub raw-relay}
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 PORT_SB=${BENCH_PORT_SB:-28881}
 PORT_NAIVE=${BENCH_PORT_NAIVE:-28882}
 PORT_RAW=${BENCH_PORT_RAW:-28883}
+PORT_EPH=${BENCH_PORT_EPH:-28884}
 
 if [ -n "${BENCH_QUICK:-}" ]; then
   SIZES=(--pairs 8 --messages 20000 --send-secs 1 --receivers 200 --broadcasts 200
@@ -76,8 +77,15 @@ run() {
 
 START=$(date -u +%s)
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
+# The default (durable store, fsync per group commit, issue 7) on a fresh
+# data dir, then the same server with --ephemeral (memory only).
+rm -rf "$OUT_DIR/data"
 want switchboard && run switchboard switchboard "ws://127.0.0.1:$PORT_SB" "$PORT_SB" -- \
-  "$BIN/switchboard" serve --listen "127.0.0.1:$PORT_SB" --rate-messages-per-sec 0 --rate-bytes-per-sec 0
+  "$BIN/switchboard" serve --listen "127.0.0.1:$PORT_SB" --rate-messages-per-sec 0 --rate-bytes-per-sec 0 \
+  --data-dir "$OUT_DIR/data"
+want switchboard-ephemeral && run switchboard-ephemeral switchboard "ws://127.0.0.1:$PORT_EPH" "$PORT_EPH" -- \
+  "$BIN/switchboard" serve --listen "127.0.0.1:$PORT_EPH" --rate-messages-per-sec 0 --rate-bytes-per-sec 0 \
+  --ephemeral
 want naive-hub && run naive-hub naive "ws://127.0.0.1:$PORT_NAIVE" "$PORT_NAIVE" -- \
   "$BIN/naive-hub" --listen "127.0.0.1:$PORT_NAIVE"
 want raw-relay && run raw-relay raw "127.0.0.1:$PORT_RAW" "$PORT_RAW" -- \
@@ -98,7 +106,7 @@ SECTION=$OUT_DIR/section.md
   echo "- Load average at the end of the run: $LOADAVG (anything above ~2 means other work shared the cores)"
   echo "- Servers pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU (taskset); whole run ${ELAPSED}s"
   echo "- Sizes: ${SIZES[*]}"
-  echo "- Switchboard ran with \`--rate-messages-per-sec 0 --rate-bytes-per-sec 0\` (per-connection rate limits off), otherwise defaults"
+  echo "- Switchboard ran with \`--rate-messages-per-sec 0 --rate-bytes-per-sec 0\` (per-connection rate limits off), otherwise defaults: \`switchboard\` is the default durable store (fsync per group commit), \`switchboard-ephemeral\` adds \`--ephemeral\`"
   echo
   "$BIN/switchboard-bench" report --results "$RESULTS"
   echo

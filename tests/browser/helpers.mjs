@@ -4,7 +4,8 @@
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,10 +54,15 @@ export async function waitFor(check, { timeout = WAIT_MS, interval = 50, what = 
  * Starts `switchboard serve` on 127.0.0.1:`port` (a free one by default) and
  * waits for /healthz. Returns { port, http, ws, proc, log(), stop() }.
  */
-export async function startServer({ port, adminToken, args = [] } = {}) {
+export async function startServer({ port, adminToken, args = [], dataDir } = {}) {
   if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run cargo build --workspace first`);
   port ??= await freePort();
   const argv = ['serve', '--listen', `127.0.0.1:${port}`, ...args];
+  // A message store of its own (issue 7), unless the test chose one or none.
+  if (!args.includes('--data-dir') && !args.includes('--ephemeral')) {
+    dataDir ??= mkdtempSync(path.join(tmpdir(), 'switchboard-browser-'));
+    argv.push('--data-dir', dataDir);
+  }
   if (adminToken) argv.push('--admin-token', adminToken);
   const env = { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' };
   delete env.SWITCHBOARD_ADMIN_TOKEN;
@@ -81,6 +87,7 @@ export async function startServer({ port, adminToken, args = [] } = {}) {
     http,
     ws: `ws://127.0.0.1:${port}`,
     proc,
+    dataDir,
     log: () => output,
     /** SIGTERM (graceful) or SIGKILL, then wait for the exit, bounded. */
     async stop(signal = 'SIGTERM') {

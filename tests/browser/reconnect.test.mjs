@@ -34,7 +34,7 @@ test('a page reconnects after the server restarts and rejoins its rooms', async 
   await page.locator('#notices .notice-warn', { hasText: 'Disconnected (code 1006). Reconnecting automatically' }).waitFor();
   await screenshot(page, 'reconnect-waiting');
 
-  server = await startServer({ port });
+  server = await startServer({ port, dataDir: server.dataDir });
   await page.locator('#status[data-state="connected"]').waitFor({ timeout: 3 * WAIT_MS });
   await page.locator('#status', { hasText: 'Reconnected as phoenix' }).waitFor();
   await page.locator('#notices .notice-ok', { hasText: 'Reconnected; rejoined 1 room.' }).waitFor();
@@ -58,7 +58,7 @@ test('a page reconnects after the server restarts and rejoins its rooms', async 
   await server.stop('SIGTERM');
   await page.locator('#notices .notice-warn', { hasText: 'code 1001: server shutting down' }).waitFor();
   await page.locator('#status[data-state="reconnecting"]').waitFor();
-  server = await startServer({ port });
+  server = await startServer({ port, dataDir: server.dataDir });
   await page.locator('#status[data-state="connected"]').waitFor({ timeout: 3 * WAIT_MS });
 
   assert.deepEqual(page.problems, []);

@@ -3,8 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use switchboard_protocol::v1::Since;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::{open, Endpoint};
@@ -26,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) close: watch::Sender<bool>,
     /// The next auto-generated request id.
     next_id: AtomicU64,
+    /// The highest delivery `seq` handed to the consumer; the task writes it.
+    pub(crate) last_seq: AtomicU64,
     /// The send queue's capacity, for [`SendError::QueueFull`].
     capacity: usize,
     /// Our name, as given to the builder.
@@ -41,6 +45,9 @@ pub(crate) struct Shared {
 /// Every sending method returns the request's id — the caller's (see
 /// [`Outbound::with_id`]) or a number from a per-client counter — which the
 /// hub's [`Event::Ack`](crate::Event::Ack) or [`Event::Error`](crate::Event::Error) names.
+/// The counter starts at the client's creation time in microseconds, so a
+/// restarted program does not reuse ids the hub still remembers (it would
+/// take them for retries and not deliver them).
 ///
 /// Cloning is cheap; all clones share the connection. When every clone is
 /// dropped, the queue is drained and the connection closed.
@@ -54,7 +61,7 @@ pub(crate) struct Shared {
 /// let id = client.send_direct("bob", "hi bob")?;
 /// while let Some(event) = events.recv().await {
 ///     match event {
-///         Event::Ack { id: acked } if acked == id => break,
+///         Event::Ack { id: acked, .. } if acked == id => break,
 ///         Event::Error { message, .. } => eprintln!("refused: {message}"),
 ///         other => println!("{other:?}"),
 ///     }
@@ -94,13 +101,16 @@ impl Client {
 
     pub(crate) async fn start(options: ClientBuilder) -> Result<(Client, Events), ConnectError> {
         let endpoint = Endpoint::new(&options.url, &options.name, options.ca.as_ref())?;
-        let (socket, welcome) = open(&endpoint, options.connect_timeout).await?;
+        // Client-ack mode from the start: nothing received yet, so resume after 0.
+        let resume = options.acks.then_some(0);
+        let (socket, welcome) = open(&endpoint, options.connect_timeout, resume).await?;
         let (commands, command_receiver) = mpsc::channel(options.send_queue_capacity);
         let (event_sender, receiver) = mpsc::channel(options.event_capacity);
         let shared = Arc::new(Shared {
             state: watch::Sender::new(State::Connected),
             close: watch::Sender::new(false),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id()),
+            last_seq: AtomicU64::new(0),
             capacity: options.send_queue_capacity,
             name: options.name.clone(),
         });
@@ -117,6 +127,14 @@ impl Client {
     /// The connection's current state.
     pub fn state(&self) -> State {
         *self.shared.state.borrow()
+    }
+
+    /// The highest delivery `seq` put in the event queue so far: in
+    /// client-ack mode (the default) since the client was created, and what
+    /// the next reconnect resumes after; otherwise since the current
+    /// session started.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Relaxed)
     }
 
     /// Gives `message` an id if it has none and checks what the binary header can carry.
@@ -192,6 +210,31 @@ impl Client {
         self.try_send(Outbound::direct(to, text))
     }
 
+    /// Sends a private message and asks for a receipt: once `to` has
+    /// acknowledged it, an [`Event::Delivered`](crate::Event::Delivered)
+    /// names the returned id. Otherwise as [`Client::send_direct`].
+    ///
+    /// # Errors
+    /// As [`Client::try_send`].
+    ///
+    /// ```no_run
+    /// use switchboard_client::Event;
+    /// # async fn demo(client: &switchboard_client::Client, events: &mut switchboard_client::Events) -> Result<(), switchboard_client::SendError> {
+    /// let id = client.send_direct_with_receipt("bob", "did you get this?")?;
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::Delivered { id: delivered, to, .. } = event {
+    ///         if delivered == id {
+    ///             println!("{to} has it");
+    ///             break;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn send_direct_with_receipt(&self, to: &str, text: &str) -> Result<String, SendError> {
+        self.try_send(Outbound::direct(to, text).with_receipt())
+    }
+
     /// Sends a message to the server (the operator's event log).
     ///
     /// # Errors
@@ -214,6 +257,26 @@ impl Client {
     /// ```
     pub fn join(&self, room: &str) -> Result<String, SendError> {
         self.try_send(Outbound::join(room))
+    }
+
+    /// Joins `room` and first gets what its history keeps after `since`: a
+    /// room sequence number ([`Since::Rseq`], as in
+    /// [`Event::Room`](crate::Event::Room)'s `rseq`) or a hub time in ms
+    /// since the Unix epoch ([`Since::Ts`]). After a reconnect the client
+    /// re-joins from the last `rseq` it saw in the room, so history messages
+    /// are neither missed nor repeated.
+    ///
+    /// # Errors
+    /// As [`Client::try_send`].
+    ///
+    /// ```no_run
+    /// use switchboard_client::Since;
+    /// # fn demo(client: &switchboard_client::Client) -> Result<(), switchboard_client::SendError> {
+    /// client.join_since("lobby", Since::Rseq(0))?; // everything the room keeps
+    /// # Ok(()) }
+    /// ```
+    pub fn join_since(&self, room: &str, since: Since) -> Result<String, SendError> {
+        self.try_send(Outbound::join_since(room, since))
     }
 
     /// Leaves `room`.
@@ -325,8 +388,9 @@ impl Client {
 
     /// Waits until everything queued before this call was sent and every
     /// request sent was answered by the hub (acked, refused, or lost with
-    /// the connection). Bound it with a timeout: while the connection is
-    /// down, it waits for the reconnect.
+    /// the connection; messages that are re-sent after a reconnect are
+    /// waited for). Bound it with a timeout: while the connection is down,
+    /// it waits for the reconnect.
     ///
     /// # Errors
     /// [`SendError::Closed`] when the client closed first.
@@ -345,7 +409,8 @@ impl Client {
 
     /// Closes the connection (close code 1000) and waits until the client is
     /// [`State::Closed`]. Messages still queued are discarded: call
-    /// [`Client::flush`] first to deliver them. Stops reconnection.
+    /// [`Client::flush`] first to deliver them. In client-ack mode the
+    /// deliveries received so far are acknowledged first. Stops reconnection.
     pub async fn close(&self) {
         self.shared.close.send_replace(true);
         let mut state = self.shared.state.subscribe();
@@ -357,4 +422,10 @@ impl Client {
         let mut state = self.shared.state.subscribe();
         let _ = state.wait_for(|state| *state == State::Closed).await;
     }
+}
+
+/// The first auto-generated id: the current time in microseconds, so ids
+/// keep increasing across restarts of the program.
+pub(crate) fn first_id() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
 }

@@ -1,5 +1,5 @@
-//! Opening one session: URL with `?name=`, the v1 subprotocol, TLS for
-//! `wss://`, and the welcome.
+//! Opening one session: URL with `?name=` (and `&resume=SEQ` in client-ack
+//! mode), the v1 subprotocol, TLS for `wss://`, and the welcome.
 //!
 //! TLS is rustls with the `ring` provider, set per connection rather than
 //! process-wide, trusting the system's roots plus an optional extra CA
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use switchboard_protocol::v1::Incoming;
+use switchboard_protocol::v1::{Incoming, RESUME_PARAM};
 use switchboard_protocol::SUBPROTOCOL_V1;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -79,7 +79,8 @@ fn tls_config(ca: Option<&CaPem>) -> Result<Arc<rustls::ClientConfig>, ConnectEr
     Ok(Arc::new(config))
 }
 
-/// `url` with the `name` query parameter set (replacing any already there).
+/// `url` with the `name` query parameter set (replacing any already there)
+/// and any `resume` parameter removed: the task sets it per connection.
 pub(crate) fn session_url(url: &str, name: &str) -> Result<url::Url, ConnectError> {
     let invalid = |reason: String| ConnectError::InvalidUrl { url: url.to_owned(), reason };
     let mut parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
@@ -89,25 +90,41 @@ pub(crate) fn session_url(url: &str, name: &str) -> Result<url::Url, ConnectErro
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
     }
-    let kept: Vec<(String, String)> =
-        parsed.query_pairs().into_owned().filter(|(key, _)| key != "name").collect();
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .into_owned()
+        .filter(|(key, _)| key != "name" && key != RESUME_PARAM)
+        .collect();
     parsed.query_pairs_mut().clear().extend_pairs(kept).append_pair("name", name);
     Ok(parsed)
 }
 
-/// Connects, negotiates v1 and reads the welcome, all within `timeout`.
+/// The URL of one connection: the endpoint's, plus `resume=SEQ` when resuming.
+pub(crate) fn connection_url(endpoint: &Endpoint, resume: Option<u64>) -> url::Url {
+    let mut url = endpoint.url.clone();
+    if let Some(seq) = resume {
+        url.query_pairs_mut().append_pair(RESUME_PARAM, &seq.to_string());
+    }
+    url
+}
+
+/// Connects, negotiates v1 and reads the welcome, all within `timeout`;
+/// with `resume`, in client-ack mode after that delivery `seq`.
 pub(crate) async fn open(
     endpoint: &Endpoint,
     timeout: Duration,
+    resume: Option<u64>,
 ) -> Result<(Socket, Welcome), ConnectError> {
-    tokio::time::timeout(timeout, open_inner(endpoint))
+    tokio::time::timeout(timeout, open_inner(endpoint, resume))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
 }
 
-async fn open_inner(endpoint: &Endpoint) -> Result<(Socket, Welcome), ConnectError> {
-    let mut request = endpoint
-        .url
+async fn open_inner(
+    endpoint: &Endpoint,
+    resume: Option<u64>,
+) -> Result<(Socket, Welcome), ConnectError> {
+    let mut request = connection_url(endpoint, resume)
         .as_str()
         .into_client_request()
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
@@ -183,6 +200,7 @@ mod tests {
         let cases: &[(&str, &str, Option<&str>)] = &[
             ("ws://127.0.0.1:1", "alice", Some("ws://127.0.0.1:1/?name=alice")),
             ("ws://h:1/?name=x&k=v", "a b", Some("ws://h:1/?k=v&name=a+b")),
+            ("ws://h:1/?resume=9&k=v", "a", Some("ws://h:1/?k=v&name=a")),
             ("ws://h:1/path", "C1我", Some("ws://h:1/path?name=C1%E6%88%91")),
             ("http://h:1", "a", None),
             ("wss://h:1", "a", Some("wss://h:1/?name=a")),
@@ -192,5 +210,21 @@ mod tests {
             let got = session_url(url, name).ok().map(String::from);
             assert_eq!(got.as_deref(), *expected, "{url}");
         }
+    }
+
+    #[test]
+    fn resuming_connections_carry_the_last_seq() {
+        let endpoint = Endpoint::new("ws://h:1/?k=v", "alice", None).expect("endpoint");
+        assert_eq!(connection_url(&endpoint, None).as_str(), "ws://h:1/?k=v&name=alice");
+        assert_eq!(
+            connection_url(&endpoint, Some(0)).as_str(),
+            "ws://h:1/?k=v&name=alice&resume=0"
+        );
+        assert_eq!(
+            connection_url(&endpoint, Some(u64::MAX)).as_str(),
+            "ws://h:1/?k=v&name=alice&resume=18446744073709551615"
+        );
+        // The endpoint itself is unchanged: every attempt starts from it.
+        assert_eq!(endpoint.url.as_str(), "ws://h:1/?k=v&name=alice");
     }
 }

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_protocol::v1::{ErrorCode, Limits, PresenceEvent};
+use switchboard_protocol::v1::{AckStatus, ErrorCode, Limits, PresenceEvent};
 use tokio::sync::mpsc;
 
 /// The connection's state, as Qt's `QAbstractSocket::SocketState` tells it.
@@ -53,8 +53,11 @@ pub struct Welcome {
 }
 
 /// Something that happened: a delivery, a reply to a request, or a change of
-/// the connection. Deliveries carry the hub's per-recipient `seq` (which
-/// restarts with every session) and its timestamp `ts` (ms since the Unix epoch).
+/// the connection. Deliveries carry the hub's `seq` for our name (strictly
+/// increasing across sessions and reconnects, with gaps where the hub
+/// numbered deliveries that were not kept for us, such as presence or room
+/// messages while we were away) and its timestamp `ts` (ms since the Unix
+/// epoch). The client never reports the same `seq` twice, nor out of order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -98,7 +101,8 @@ pub enum Event {
         /// Text.
         text: String,
     },
-    /// A message published to a room we are in.
+    /// A message published to a room we are in (or replayed from its
+    /// history, see [`Client::join_since`](crate::Client::join_since)).
     Room {
         /// Per-recipient sequence number.
         seq: u64,
@@ -106,6 +110,8 @@ pub enum Event {
         ts: u64,
         /// The room.
         room: String,
+        /// The room's own sequence number, when the room keeps history.
+        rseq: Option<u64>,
         /// Sender; `None` when the operator published (HTTP API).
         from: Option<String>,
         /// Text.
@@ -148,10 +154,27 @@ pub enum Event {
         /// Joined or left.
         event: PresenceEvent,
     },
-    /// The request with this id was accepted and routed.
+    /// The request with this id was accepted and routed; for a message,
+    /// `status` says whether it went out live, was stored for an offline
+    /// recipient, or was a retry the hub had already accepted.
     Ack {
         /// The request's id.
         id: String,
+        /// What happened to a message; `None` for other requests (and from
+        /// hubs that predate statuses, which means live).
+        status: Option<AckStatus>,
+    },
+    /// A delivery receipt: the recipient acknowledged our private message
+    /// with this id (sent with [`Client::send_direct_with_receipt`](crate::Client::send_direct_with_receipt)).
+    Delivered {
+        /// Per-recipient sequence number.
+        seq: u64,
+        /// Hub time.
+        ts: u64,
+        /// The id of our message.
+        id: String,
+        /// Its recipient, who acknowledged it.
+        to: String,
     },
     /// A request was refused (or, without id, a frame was not understood).
     Error {
@@ -162,8 +185,13 @@ pub enum Event {
         /// Explanation.
         message: String,
     },
-    /// The request with this id was sent but the connection dropped before
-    /// the hub answered: it may or may not have been routed.
+    /// The request with this id was sent but the hub never answered: it may
+    /// or may not have been routed. Private messages (text or binary) and
+    /// room publishes are re-sent after a reconnect instead (see
+    /// [`ClientBuilder::retry_sends`](crate::ClientBuilder::retry_sends)), so
+    /// they are only reported lost when the client closes or stops
+    /// reconnecting before the hub answered them; other requests are
+    /// reported lost when the connection drops.
     Lost {
         /// The request's id.
         id: String,
@@ -196,11 +224,14 @@ impl Event {
     ///
     /// ```
     /// use switchboard_client::Event;
-    /// assert_eq!(Event::Ack { id: "7".into() }.request_id(), Some("7"));
+    /// assert_eq!(Event::Ack { id: "7".into(), status: None }.request_id(), Some("7"));
     /// ```
+    ///
+    /// A [`Event::Delivered`] receipt is not an answer: it names the id of
+    /// the message it reports on in its own field, and this returns `None`.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            Event::Ack { id } | Event::Lost { id } => Some(id),
+            Event::Ack { id, .. } | Event::Lost { id } => Some(id),
             Event::Error { id, .. }
             | Event::Clients { id, .. }
             | Event::Members { id, .. }

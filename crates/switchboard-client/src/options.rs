@@ -177,6 +177,8 @@ pub struct ClientBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) ca: Option<CaPem>,
+    pub(crate) acks: bool,
+    pub(crate) retry_sends: bool,
 }
 
 impl ClientBuilder {
@@ -193,7 +195,37 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(30)),
             ca: None,
+            acks: true,
+            retry_sends: true,
         }
+    }
+
+    /// Client-ack mode (default on): connect with `?resume=SEQ`, the last
+    /// delivery `seq` received, and acknowledge deliveries to the hub, which
+    /// keeps each stored message (private messages, messages from the
+    /// operator, receipts) until acknowledged and replays what we have not
+    /// acknowledged when we reconnect, so none is lost or repeated across
+    /// reconnects. Acks are cumulative and cheap: one after every 64
+    /// deliveries, within 50 ms of a delivery, and before a requested close.
+    ///
+    /// Off, the client connects without `resume` and sends no acks: the hub
+    /// counts a stored message as delivered once it has written it to the
+    /// socket, so one in flight when the connection drops is lost. Use it
+    /// for hubs that predate resume (the client also falls back by itself
+    /// when the hub does not know the `ack` request).
+    pub fn acks(mut self, enabled: bool) -> Self {
+        self.acks = enabled;
+        self
+    }
+
+    /// Re-send private messages (text or binary) and room publishes the hub
+    /// had not answered when the connection dropped, with their ids, after
+    /// reconnecting and re-joining rooms (default on). The hub deduplicates
+    /// them by id, so a message it had accepted is not delivered twice. Off, such messages are reported as
+    /// [`Event::Lost`](crate::Event::Lost) at once.
+    pub fn retry_sends(mut self, enabled: bool) -> Self {
+        self.retry_sends = enabled;
+        self
     }
 
     /// Also trust this CA certificate for `wss://` (a file path or PEM bytes),

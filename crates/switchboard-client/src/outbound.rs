@@ -2,7 +2,7 @@
 //! before it gets its id and is queued.
 
 use bytes::Bytes;
-use switchboard_protocol::v1::Request;
+use switchboard_protocol::v1::{Request, Since};
 
 /// Where a binary payload goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,12 @@ pub enum Outbound {
 impl Outbound {
     /// A private message to the client `to`.
     pub fn direct(to: impl Into<String>, text: impl Into<String>) -> Self {
-        Outbound::Request(Request::Dm { id: None, to: to.into(), text: text.into() })
+        Outbound::Request(Request::Dm {
+            id: None,
+            to: to.into(),
+            text: text.into(),
+            receipt: false,
+        })
     }
 
     /// A message to the server (the operator's event log).
@@ -51,7 +56,19 @@ impl Outbound {
 
     /// Join `room`, creating it if needed; it is re-joined after every reconnect.
     pub fn join(room: impl Into<String>) -> Self {
-        Outbound::Request(Request::Join { id: None, room: room.into() })
+        Outbound::Request(Request::Join { id: None, room: room.into(), since: None })
+    }
+
+    /// Join `room` and first get the messages its history keeps after `since`
+    /// (a room sequence number or a hub time); re-joined after every reconnect.
+    ///
+    /// ```
+    /// use switchboard_client::{Outbound, Since};
+    /// let join = Outbound::join_since("lobby", Since::Rseq(41));
+    /// assert!(matches!(join, Outbound::Request(_)));
+    /// ```
+    pub fn join_since(room: impl Into<String>, since: Since) -> Self {
+        Outbound::Request(Request::Join { id: None, room: room.into(), since: Some(since) })
     }
 
     /// Leave `room`.
@@ -99,7 +116,48 @@ impl Outbound {
         Outbound::Binary { id: None, target: Target::Room(room.into()), payload: payload.into() }
     }
 
+    /// Asks for a delivery receipt ([`Event::Delivered`](crate::Event::Delivered))
+    /// once the recipient acknowledges this message. Only private text
+    /// messages ([`Outbound::direct`]) have receipts; other messages are
+    /// returned unchanged.
+    ///
+    /// ```
+    /// use switchboard_client::Outbound;
+    /// let message = Outbound::direct("bob", "hi").with_receipt().with_id("m-1");
+    /// assert!(message.wants_receipt());
+    /// assert!(!Outbound::server("hi").with_receipt().wants_receipt());
+    /// ```
+    pub fn with_receipt(mut self) -> Self {
+        if let Outbound::Request(Request::Dm { receipt, .. }) = &mut self {
+            *receipt = true;
+        }
+        self
+    }
+
+    /// True for a private message that asks for a receipt.
+    pub fn wants_receipt(&self) -> bool {
+        matches!(self, Outbound::Request(Request::Dm { receipt: true, .. }))
+    }
+
+    /// True for messages the client re-sends, with the same id, when the
+    /// connection drops before the hub answered them: the ones the hub
+    /// deduplicates by id (private messages, text or binary, and room
+    /// publishes), so a message it had accepted is not delivered twice.
+    pub(crate) fn is_retried(&self) -> bool {
+        matches!(
+            self,
+            Outbound::Request(Request::Dm { .. } | Request::Publish { .. })
+                | Outbound::Binary { target: Target::Client(_), .. }
+        )
+    }
+
     /// Sets the id echoed in the ack or error.
+    ///
+    /// For private messages (text or binary) and room publishes the id is
+    /// also how the hub recognises a retry: a second message from this name with an id
+    /// it saw within its deduplication window (10 minutes by default) is
+    /// acknowledged as a duplicate and not delivered. Keep ids unique per
+    /// name, across restarts of the program too; the generated ones are.
     pub fn with_id(mut self, new_id: impl Into<String>) -> Self {
         *self.id_slot() = Some(new_id.into());
         self
@@ -125,7 +183,8 @@ impl Outbound {
                 | Request::Who { id }
                 | Request::Subscribe { id, .. }
                 | Request::Unsubscribe { id, .. }
-                | Request::Ping { id },
+                | Request::Ping { id }
+                | Request::Ack { id, .. },
             ) => id,
             Outbound::Binary { id, .. } => id,
         }

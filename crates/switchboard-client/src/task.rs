@@ -1,12 +1,17 @@
 //! The background task: the only owner of the socket.
 //!
 //! It drains the send queue into the socket (bounded by the in-flight window),
-//! turns frames into [`Event`]s, remembers rooms and presence subscriptions,
-//! and reconnects with backoff when the connection drops. It talks to the
-//! handles through bounded channels only, so memory stays bounded whatever
-//! the caller or the hub does.
+//! turns frames into [`Event`]s, remembers rooms (with the last room `rseq`
+//! seen) and presence subscriptions, and reconnects with backoff when the
+//! connection drops. In client-ack mode it keeps the last delivery `seq`,
+//! acknowledges deliveries with cumulative `ack`s and resumes after that
+//! `seq` on reconnect; messages the hub had not answered are re-sent with
+//! their ids after the rooms are re-joined. It talks to the handles through
+//! bounded channels only, so memory stays bounded whatever the caller or the
+//! hub does.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::binary::{self, encode_outgoing};
 use switchboard_protocol::close;
-use switchboard_protocol::v1::{ErrorCode, Incoming, Request};
+use switchboard_protocol::v1::{ErrorCode, Incoming, Request, Since};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -39,6 +44,12 @@ const STALE_SESSION_GRACE: Duration = Duration::from_secs(90);
 /// How long a requested close waits for the hub's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// Client-ack mode: an `ack` goes out after this many deliveries...
+const ACK_EVERY: u64 = 64;
+
+/// ...or this long after the first delivery it covers, whichever is first.
+const ACK_DELAY: Duration = Duration::from_millis(50);
+
 /// What a handle asks the task to do, in queue order.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -56,9 +67,37 @@ enum Effect {
     None,
 }
 
+/// A request sent and not yet answered.
+#[derive(Debug)]
+struct Pending {
+    /// Send order, to report losses and re-send in order.
+    order: u64,
+    /// What a refusal undoes.
+    effect: Effect,
+    /// The frame, for messages re-sent after a reconnect.
+    retry: Option<Message>,
+}
+
+/// A room we are in, as re-joined after a reconnect.
+#[derive(Debug, Default)]
+struct RoomState {
+    /// The `since` of our join, if any.
+    since: Option<Since>,
+    /// The `rseq` of the last message from the room's history we got.
+    last_rseq: Option<u64>,
+}
+
+impl RoomState {
+    /// Where a re-join picks up: after the last history message we got,
+    /// else where our own join started.
+    fn rejoin_since(&self) -> Option<Since> {
+        self.last_rseq.map(Since::Rseq).or(self.since)
+    }
+}
+
 /// What sending a request changes in the state renewed after a reconnect.
 enum Change {
-    Join(String),
+    Join(String, Option<Since>),
     Leave(String),
     Subscribe(Option<String>),
     Unsubscribe(Option<String>),
@@ -83,16 +122,31 @@ pub(crate) struct Task {
     events: mpsc::Sender<Event>,
     close: watch::Receiver<bool>,
     shared: Arc<Shared>,
-    /// Requests sent and not yet answered: id to (send order, effect).
-    in_flight: HashMap<String, (u64, Effect)>,
+    /// Requests sent and not yet answered, by id.
+    in_flight: HashMap<String, Pending>,
     sent: u64,
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// Rooms to re-join after a reconnect.
-    rooms: BTreeSet<String>,
+    rooms: BTreeMap<String, RoomState>,
     /// Presence subscriptions to renew after a reconnect.
     presence: BTreeSet<Option<String>>,
     /// The hub's frame size limit, from the last welcome.
     max_message_bytes: usize,
+    /// Client-ack mode: resume after `last_seq` and acknowledge deliveries.
+    acks: bool,
+    /// Re-send unanswered messages after a reconnect.
+    retry_sends: bool,
+    /// The highest delivery `seq` reported (across sessions in client-ack
+    /// mode, else in this session); anything not above it is dropped.
+    last_seq: u64,
+    /// The highest `seq` the hub knows we have: our last ack or resume point.
+    acked_seq: u64,
+    /// Deliveries since the last ack.
+    unacked: u64,
+    /// True while the [`ACK_DELAY`] timer runs.
+    ack_due: bool,
+    /// This session has sent an ack (to recognise a hub that does not know them).
+    acks_sent: bool,
 }
 
 impl Drop for Task {
@@ -128,9 +182,16 @@ impl Task {
             in_flight: HashMap::new(),
             sent: 0,
             flush_waiters: Vec::new(),
-            rooms: BTreeSet::new(),
+            rooms: BTreeMap::new(),
             presence: BTreeSet::new(),
             max_message_bytes: usize::MAX,
+            acks: options.acks,
+            retry_sends: options.retry_sends,
+            last_seq: 0,
+            acked_seq: 0,
+            unacked: 0,
+            ack_due: false,
+            acks_sent: false,
         }
     }
 
@@ -146,7 +207,8 @@ impl Task {
                 }
                 End::Lost { code, reason } => {
                     tracing::debug!(?code, %reason, "connection lost");
-                    self.lose_in_flight().await;
+                    let keep_messages = self.retry_sends && code != Some(close::KICKED);
+                    self.lose_in_flight(keep_messages).await;
                     self.emit(Event::Disconnected { code, reason }).await;
                     if code == Some(close::KICKED) {
                         break;
@@ -158,7 +220,7 @@ impl Task {
                 }
             }
         }
-        self.lose_in_flight().await;
+        self.lose_in_flight(false).await;
         self.set_state(State::Closed).await;
     }
 
@@ -190,11 +252,18 @@ impl Task {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
         let mut pinged = false;
+        let ack_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(ack_timer);
         loop {
             let window_open = self.in_flight.len() < self.max_in_flight;
             tokio::select! {
                 biased;
                 () = close_requested(&mut self.close) => return End::Close,
+                () = &mut ack_timer, if self.ack_due => {
+                    if let Err(error) = self.send_ack(socket).await {
+                        return lost(closed_with, error.to_string());
+                    }
+                }
                 frame = socket.next() => {
                     last_heard = tokio::time::Instant::now();
                     pinged = false;
@@ -234,7 +303,62 @@ impl Task {
                     }
                 }
             }
+            if self.unacked >= ACK_EVERY {
+                if let Err(error) = self.send_ack(socket).await {
+                    return lost(closed_with, error.to_string());
+                }
+            } else if self.unacked > 0 && !self.ack_due {
+                self.ack_due = true;
+                ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+            }
         }
+    }
+
+    /// Client-ack mode: acknowledges every delivery up to `last_seq`, if the
+    /// hub does not know it has them yet.
+    async fn send_ack(
+        &mut self,
+        socket: &mut Socket,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.unacked = 0;
+        self.ack_due = false;
+        if !self.acks || self.last_seq <= self.acked_seq {
+            return Ok(());
+        }
+        let ack = Request::Ack { id: None, seq: self.last_seq };
+        self.acked_seq = self.last_seq;
+        self.acks_sent = true;
+        // Serialising a Request cannot fail: only strings, numbers and bools.
+        socket.send(Message::text(serde_json::to_string(&ack).unwrap_or_default())).await
+    }
+
+    /// A delivery numbered `seq` arrived: true when it is new, false when
+    /// it is not after the last one reported (a repeat: drop it).
+    fn accept(&mut self, seq: u64) -> bool {
+        if seq <= self.last_seq {
+            tracing::debug!(seq, last_seq = self.last_seq, "dropping a delivery seen before");
+            return false;
+        }
+        self.last_seq = seq;
+        self.shared.last_seq.store(seq, Ordering::Relaxed);
+        if self.acks {
+            self.unacked += 1;
+        }
+        true
+    }
+
+    /// A new session started: the hub knows what we resumed after.
+    fn start_session(&mut self) {
+        if !self.acks {
+            // Without resume, seq is only ordered within a session for all
+            // we know (hubs before resume restart it at 1).
+            self.last_seq = 0;
+            self.shared.last_seq.store(0, Ordering::Relaxed);
+        }
+        self.acked_seq = self.last_seq;
+        self.unacked = 0;
+        self.ack_due = false;
+        self.acks_sent = false;
     }
 
     /// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] and
@@ -274,10 +398,11 @@ impl Task {
     /// the hub would close the connection with 1009).
     async fn prepare(&mut self, message: Outbound) -> Option<Message> {
         let id = message.id().unwrap_or_default().to_owned();
+        let retried = self.retry_sends && message.is_retried();
         let (frame, change) = match message {
             Outbound::Request(request) => {
                 let change = match &request {
-                    Request::Join { room, .. } => Change::Join(room.clone()),
+                    Request::Join { room, since, .. } => Change::Join(room.clone(), *since),
                     Request::Leave { room, .. } => Change::Leave(room.clone()),
                     Request::Subscribe { room, .. } => Change::Subscribe(room.clone()),
                     Request::Unsubscribe { room, .. } => Change::Unsubscribe(room.clone()),
@@ -306,8 +431,12 @@ impl Task {
         }
         // Remembered as sent, so a reconnect renews exactly what was asked for.
         let effect = match change {
-            Change::Join(room) => {
-                self.rooms.insert(room.clone());
+            Change::Join(room, since) => {
+                let state = self.rooms.entry(room.clone()).or_default();
+                if since.is_some() {
+                    // A join from a point: the history replay starts there.
+                    *state = RoomState { since, last_rseq: None };
+                }
                 Effect::Join(room)
             }
             Change::Subscribe(room) => {
@@ -326,7 +455,8 @@ impl Task {
         };
         if !id.is_empty() {
             self.sent += 1;
-            self.in_flight.insert(id, (self.sent, effect));
+            let retry = retried.then(|| frame.clone());
+            self.in_flight.insert(id, Pending { order: self.sent, effect, retry });
         }
         Some(frame)
     }
@@ -334,7 +464,7 @@ impl Task {
     /// The hub answered `id`: it is no longer in flight.
     fn answered(&mut self, id: Option<&str>, refused: bool) {
         let Some(id) = id else { return };
-        if let Some((_, effect)) = self.in_flight.remove(id) {
+        if let Some(Pending { effect, .. }) = self.in_flight.remove(id) {
             if refused {
                 match effect {
                     Effect::Join(room) => {
@@ -363,21 +493,42 @@ impl Task {
                 return;
             }
         };
+        if let Some(seq) = incoming.seq() {
+            if !self.accept(seq) {
+                return;
+            }
+        }
         let event = match incoming {
             Incoming::Welcome { .. } => return,
             Incoming::Dm { seq, ts, from, to, text } => Event::Direct { seq, ts, from, to, text },
-            Incoming::Room { seq, ts, room, from, text } => {
-                Event::Room { seq, ts, room, from, text }
+            Incoming::Room { seq, ts, room, rseq, from, text } => {
+                if let (Some(rseq), Some(state)) = (rseq, self.rooms.get_mut(&room)) {
+                    // The last one, not the largest: a hub that lost the
+                    // room's history (ephemeral, restarted) numbers anew.
+                    state.last_rseq = Some(rseq);
+                }
+                Event::Room { seq, ts, room, rseq, from, text }
             }
+            Incoming::Delivered { seq, ts, id, to } => Event::Delivered { seq, ts, id, to },
             Incoming::Server { seq, ts, text, broadcast } => {
                 Event::Server { seq, ts, text, broadcast }
             }
             Incoming::Presence { seq, ts, room, name, event } => {
                 Event::Presence { seq, ts, room, name, event }
             }
-            Incoming::Ack { id } => {
+            Incoming::Ack { id, status } => {
                 self.answered(Some(&id), false);
-                Event::Ack { id }
+                Event::Ack { id, status }
+            }
+            Incoming::Error { id: None, code: ErrorCode::UnknownType, message }
+                if self.acks && self.acks_sent =>
+            {
+                // Only our acks go out without an id: this hub predates them.
+                tracing::warn!(%message, "the hub does not know acks; resume is off");
+                self.acks = false;
+                self.unacked = 0;
+                self.ack_due = false;
+                return;
             }
             Incoming::Error { id, code, message } => {
                 self.answered(id.as_deref(), true);
@@ -401,6 +552,7 @@ impl Task {
 
     async fn on_binary(&mut self, data: Bytes) {
         let event = match binary::parse_incoming(&data) {
+            Ok(parsed) if !self.accept(parsed.seq) => return,
             Ok(parsed) => Event::Binary {
                 seq: parsed.seq,
                 ts: parsed.ts,
@@ -417,13 +569,23 @@ impl Task {
         self.emit(event).await;
     }
 
-    /// Reports every unanswered request as lost and releases flush waiters.
-    async fn lose_in_flight(&mut self) {
-        let mut lost: Vec<(u64, String)> =
-            self.in_flight.drain().map(|(id, (order, _))| (order, id)).collect();
+    /// Reports unanswered requests as lost, except, with `keep_messages`,
+    /// the messages re-sent after a reconnect; releases flush waiters when
+    /// nothing is left in flight.
+    async fn lose_in_flight(&mut self, keep_messages: bool) {
+        let mut lost: Vec<(u64, String)> = Vec::new();
+        self.in_flight.retain(|id, pending| {
+            let keep = keep_messages && pending.retry.is_some();
+            if !keep {
+                lost.push((pending.order, id.clone()));
+            }
+            keep
+        });
         lost.sort_unstable();
-        for waiter in self.flush_waiters.drain(..) {
-            let _ = waiter.send(());
+        if self.in_flight.is_empty() {
+            for waiter in self.flush_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
         }
         for (_, id) in lost {
             self.emit(Event::Lost { id }).await;
@@ -445,14 +607,18 @@ impl Task {
             self.emit(Event::Reconnecting { attempt, delay }).await;
             let endpoint = &self.endpoint;
             let timeout = self.connect_timeout;
+            let resume = self.acks.then_some(self.last_seq);
             let opened = tokio::select! {
                 biased;
                 () = close_requested(&mut self.close) => return None,
                 opened = async {
                     tokio::time::sleep(delay).await;
-                    open(endpoint, timeout).await
+                    open(endpoint, timeout, resume).await
                 } => opened,
             };
+            if opened.is_ok() {
+                self.start_session();
+            }
             let failure = match opened {
                 Ok((mut socket, welcome)) => match self.renew(&mut socket).await {
                     Ok(()) => {
@@ -479,18 +645,37 @@ impl Task {
         }
     }
 
-    /// Re-joins rooms and renews presence subscriptions on a new session.
-    /// These carry no id: a refusal still arrives as an error event.
+    /// Re-joins rooms (from the last history message seen in each) and
+    /// renews presence subscriptions on a new session, then re-sends the
+    /// messages the hub had not answered, with their ids, in their original
+    /// order. Joins and subscriptions carry no id: a refusal still arrives
+    /// as an error event.
     async fn renew(
         &mut self,
         socket: &mut Socket,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let joins = self.rooms.iter().map(|room| Request::Join { id: None, room: room.clone() });
+        let joins = self.rooms.iter().map(|(room, state)| Request::Join {
+            id: None,
+            room: room.clone(),
+            since: state.rejoin_since(),
+        });
         let subscriptions =
             self.presence.iter().map(|room| Request::Subscribe { id: None, room: room.clone() });
         for request in joins.chain(subscriptions) {
             let text = serde_json::to_string(&request).unwrap_or_default();
             socket.feed(Message::text(text)).await?;
+        }
+        let mut retries: Vec<(u64, Message)> = self
+            .in_flight
+            .values()
+            .filter_map(|pending| pending.retry.clone().map(|frame| (pending.order, frame)))
+            .collect();
+        retries.sort_unstable_by_key(|(order, _)| *order);
+        if !retries.is_empty() {
+            tracing::debug!(count = retries.len(), "re-sending unanswered messages");
+        }
+        for (_, frame) in retries {
+            socket.feed(frame).await?;
         }
         socket.flush().await
     }
@@ -498,6 +683,8 @@ impl Task {
     /// The close handshake on request: code 1000, then wait briefly for the hub's reply.
     async fn close_socket(&mut self, mut socket: Socket) {
         self.set_state(State::Closing).await;
+        // What we got so far stays acknowledged: not replayed next time.
+        let _ = self.send_ack(&mut socket).await;
         let frame = CloseFrame { code: CloseCode::Normal, reason: "client closed".into() };
         let _ = socket.close(Some(frame)).await;
         let _ = tokio::time::timeout(CLOSE_LINGER, async {

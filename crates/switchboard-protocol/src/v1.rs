@@ -14,11 +14,67 @@
 //! A delivery is encoded once for all its recipients: [`Delivery::encode_tail`]
 //! produces everything after the `seq` field, and [`frame`] puts a recipient's
 //! `seq` in front of it with two copies and no JSON work.
+//!
+//! Delivery guarantees (docs/protocol.md, section 7): `seq` is per client
+//! *name*, strictly increasing across sessions and hub restarts, with gaps
+//! allowed. A client that connects with `?resume=N` ([`RESUME_PARAM`]) is
+//! replayed its stored deliveries after `N` and acknowledges them with
+//! [`Request::Ack`]; senders learn from [`Reply::Ack`]'s [`AckStatus`]
+//! whether a message went out live, was stored, or was a retry.
 
 use serde::{Deserialize, Serialize};
 
 /// The hub's protocol version string, sent in the welcome.
 pub const PROTOCOL_VERSION: &str = "1";
+
+/// The handshake query parameter that resumes a name's delivery stream:
+/// `?name=alice&resume=41` asks for every stored delivery after seq 41 and
+/// puts the session in client-ack mode (see [`Request::Ack`]).
+pub const RESUME_PARAM: &str = "resume";
+
+/// Where a room's history replay starts, in [`Request::Join`]'s `since`:
+/// `{"rseq":12}` or `{"ts":1764100000000}`.
+///
+/// ```
+/// use switchboard_protocol::v1::Since;
+/// assert_eq!(serde_json::to_string(&Since::Rseq(12)).unwrap(), r#"{"rseq":12}"#);
+/// let since: Since = serde_json::from_str(r#"{"ts":1764100000000}"#).unwrap();
+/// assert_eq!(since, Since::Ts(1_764_100_000_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Since {
+    /// The room messages with a room sequence number (`rseq`) greater than this.
+    Rseq(u64),
+    /// The room messages the hub accepted after this time (ms since the Unix epoch).
+    Ts(u64),
+}
+
+/// What an [`Reply::Ack`] says happened to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Queued for the recipients online (and, with a durable store, written
+    /// to the recipient's inbox before this ack).
+    Live,
+    /// The recipient is offline: stored in its inbox for delivery when it
+    /// next connects.
+    Stored,
+    /// A retry of an id this sender used recently: the first one was
+    /// accepted, nothing is delivered twice.
+    Duplicate,
+}
+
+impl AckStatus {
+    /// The status as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Live => "live",
+            AckStatus::Stored => "stored",
+            AckStatus::Duplicate => "duplicate",
+        }
+    }
+}
 
 /// A request from a client: the `"type"` field selects the variant.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -33,6 +89,10 @@ pub enum Request {
         to: String,
         /// The text.
         text: String,
+        /// Ask for a `delivered` receipt once the recipient acknowledges it
+        /// (default false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        receipt: bool,
     },
     /// A message to the server (the operator's event log).
     Server {
@@ -49,6 +109,9 @@ pub enum Request {
         id: Option<String>,
         /// The room.
         room: String,
+        /// Replay the room's history after this point before live traffic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
     },
     /// Leave a room; the room vanishes when its last member leaves.
     Leave {
@@ -109,6 +172,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// Cumulative acknowledgement of every delivery with `seq` up to this one.
+    /// No reply unless it has an id (then a plain `ack`).
+    Ack {
+        /// Client-chosen id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The highest delivery `seq` received.
+        seq: u64,
+    },
 }
 
 impl Request {
@@ -124,7 +196,8 @@ impl Request {
             | Request::Who { id }
             | Request::Subscribe { id, .. }
             | Request::Unsubscribe { id, .. }
-            | Request::Ping { id } => id.as_deref(),
+            | Request::Ping { id }
+            | Request::Ack { id, .. } => id.as_deref(),
         }
     }
 }
@@ -149,7 +222,10 @@ pub struct ParseError {
 /// ```
 /// use switchboard_protocol::v1::{parse_request, Request, ErrorCode};
 /// let req = parse_request(r#"{"type":"dm","id":"1","to":"bob","text":"hi"}"#).unwrap();
-/// assert_eq!(req, Request::Dm { id: Some("1".into()), to: "bob".into(), text: "hi".into() });
+/// assert_eq!(
+///     req,
+///     Request::Dm { id: Some("1".into()), to: "bob".into(), text: "hi".into(), receipt: false }
+/// );
 /// let err = parse_request(r#"{"type":"dance","id":"2"}"#).unwrap_err();
 /// assert_eq!(err.code, ErrorCode::UnknownType);
 /// assert_eq!(err.id.as_deref(), Some("2"));
@@ -208,6 +284,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "ping",
+    "ack",
 ];
 
 /// Machine-readable error codes, sent in `error` replies.
@@ -218,8 +295,13 @@ pub enum ErrorCode {
     BadRequest,
     /// The `type` is not one this version knows.
     UnknownType,
-    /// The recipient is not online.
+    /// The recipient is not online (ephemeral mode), or is being
+    /// disconnected because it does not keep up.
     RecipientOffline,
+    /// The recipient never connected to this hub: there is no inbox to store into.
+    UnknownRecipient,
+    /// The recipient's stored-message limit (count or bytes) is reached.
+    InboxFull,
     /// A name (client or room) is not valid.
     InvalidName,
     /// The client is not a member of the room it publishes to.
@@ -240,12 +322,31 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (for documentation checks and tests).
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::RecipientOffline,
+        ErrorCode::UnknownRecipient,
+        ErrorCode::InboxFull,
+        ErrorCode::InvalidName,
+        ErrorCode::NotMember,
+        ErrorCode::RateLimited,
+        ErrorCode::TooLarge,
+        ErrorCode::LimitReached,
+        ErrorCode::Unsupported,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::RecipientOffline => "recipient_offline",
+            ErrorCode::UnknownRecipient => "unknown_recipient",
+            ErrorCode::InboxFull => "inbox_full",
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::NotMember => "not_member",
             ErrorCode::RateLimited => "rate_limited",
@@ -288,10 +389,15 @@ pub enum Reply {
         /// The limits in force for this client.
         limits: Limits,
     },
-    /// The request with this id was accepted and routed.
+    /// The request with this id was accepted and routed (for durable sends:
+    /// after the store committed it).
     Ack {
         /// The request's id.
         id: String,
+        /// What happened to a message (`dm`, `publish`, `server`, binary);
+        /// absent for other requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<AckStatus>,
     },
     /// The request was refused.
     Error {
@@ -337,6 +443,25 @@ impl Reply {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// A plain `ack` reply, without status.
+    ///
+    /// ```
+    /// use switchboard_protocol::v1::{AckStatus, Reply};
+    /// assert_eq!(Reply::ack("3").encode(), r#"{"type":"ack","id":"3"}"#);
+    /// assert_eq!(
+    ///     Reply::ack_with("1", AckStatus::Stored).encode(),
+    ///     r#"{"type":"ack","id":"1","status":"stored"}"#
+    /// );
+    /// ```
+    pub fn ack(id: impl Into<String>) -> Reply {
+        Reply::Ack { id: id.into(), status: None }
+    }
+
+    /// An `ack` reply with a status, for messages.
+    pub fn ack_with(id: impl Into<String>, status: AckStatus) -> Reply {
+        Reply::Ack { id: id.into(), status: Some(status) }
+    }
+
     /// An `error` reply.
     pub fn error(id: Option<&str>, code: ErrorCode, message: impl Into<String>) -> Reply {
         Reply::Error { id: id.map(str::to_owned), code, message: message.into() }
@@ -373,6 +498,8 @@ pub enum Delivery<'a> {
         from: Option<&'a str>,
         /// Text.
         text: &'a str,
+        /// The room's own sequence number, for messages kept in room history.
+        rseq: Option<u64>,
     },
     /// A message from the server (the operator or the HTTP API).
     Server {
@@ -390,6 +517,14 @@ pub enum Delivery<'a> {
         /// Joined or left.
         event: PresenceEvent,
     },
+    /// A delivery receipt (wire type `delivered`), sent to the sender of a
+    /// `dm` with `"receipt":true` once the recipient acknowledged it.
+    Receipt {
+        /// The sender's id of the acknowledged `dm`.
+        id: &'a str,
+        /// The recipient who acknowledged it.
+        to: &'a str,
+    },
 }
 
 #[derive(Serialize)]
@@ -404,6 +539,8 @@ enum Tail<'a> {
     Room {
         ts: u64,
         room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rseq: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         from: Option<&'a str>,
         text: &'a str,
@@ -420,6 +557,11 @@ enum Tail<'a> {
         name: &'a str,
         event: PresenceEvent,
     },
+    Receipt {
+        ts: u64,
+        id: &'a str,
+        to: &'a str,
+    },
 }
 
 impl Delivery<'_> {
@@ -430,6 +572,7 @@ impl Delivery<'_> {
             Delivery::Room { .. } => "room",
             Delivery::Server { .. } => "server",
             Delivery::Presence { .. } => "presence",
+            Delivery::Receipt { .. } => "delivered",
         }
     }
 
@@ -437,9 +580,10 @@ impl Delivery<'_> {
     pub fn encode_tail(&self, ts: u64) -> EncodedDelivery {
         let tail = match *self {
             Delivery::Dm { from, to, text } => Tail::Dm { ts, from, to, text },
-            Delivery::Room { room, from, text } => Tail::Room { ts, room, from, text },
+            Delivery::Room { room, from, text, rseq } => Tail::Room { ts, room, rseq, from, text },
             Delivery::Server { text, broadcast } => Tail::Server { ts, text, broadcast },
             Delivery::Presence { room, name, event } => Tail::Presence { ts, room, name, event },
+            Delivery::Receipt { id, to } => Tail::Receipt { ts, id, to },
         };
         let object = serde_json::to_string(&tail).unwrap_or_else(|_| "{}".into());
         // `{"ts":..}` becomes `,"ts":..}`: the part after `"seq":N`.
@@ -454,6 +598,7 @@ fn head_for(kind: &'static str) -> &'static str {
         "dm" => r#"{"type":"dm","seq":"#,
         "room" => r#"{"type":"room","seq":"#,
         "server" => r#"{"type":"server","seq":"#,
+        "delivered" => r#"{"type":"delivered","seq":"#,
         _ => r#"{"type":"presence","seq":"#,
     }
 }
@@ -532,6 +677,9 @@ pub enum Incoming {
         ts: u64,
         /// Room.
         room: String,
+        /// The room's sequence number, for messages kept in room history.
+        #[serde(default)]
+        rseq: Option<u64>,
         /// Sender; absent when the operator published.
         #[serde(default)]
         from: Option<String>,
@@ -563,10 +711,26 @@ pub enum Incoming {
         /// Join or leave.
         event: PresenceEvent,
     },
+    /// A delivery receipt: `to` acknowledged our `dm` with this `id`
+    /// (see [`Delivery::Receipt`]).
+    Delivered {
+        /// Per-recipient sequence number.
+        seq: u64,
+        /// Server time.
+        ts: u64,
+        /// The id of our `dm`.
+        id: String,
+        /// Its recipient.
+        to: String,
+    },
     /// See [`Reply::Ack`].
     Ack {
         /// Request id.
         id: String,
+        /// What happened to the message; absent for other requests (and
+        /// from hubs before issue 7, which means live).
+        #[serde(default)]
+        status: Option<AckStatus>,
     },
     /// See [`Reply::Error`].
     Error {
@@ -613,6 +777,30 @@ impl Incoming {
     pub fn parse(text: &str) -> Result<Incoming, serde_json::Error> {
         serde_json::from_str(text)
     }
+
+    /// The delivery's `seq`; `None` for replies.
+    ///
+    /// ```
+    /// use switchboard_protocol::v1::Incoming;
+    /// let receipt = Incoming::parse(r#"{"type":"delivered","seq":9,"ts":1,"id":"1","to":"bob"}"#).unwrap();
+    /// assert_eq!(receipt.seq(), Some(9));
+    /// assert_eq!(Incoming::parse(r#"{"type":"ack","id":"1"}"#).unwrap().seq(), None);
+    /// ```
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Incoming::Dm { seq, .. }
+            | Incoming::Room { seq, .. }
+            | Incoming::Server { seq, .. }
+            | Incoming::Presence { seq, .. }
+            | Incoming::Delivered { seq, .. } => Some(*seq),
+            Incoming::Welcome { .. }
+            | Incoming::Ack { .. }
+            | Incoming::Error { .. }
+            | Incoming::Clients { .. }
+            | Incoming::Members { .. }
+            | Incoming::Pong { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -623,18 +811,209 @@ mod tests {
     fn deliveries_round_trip_through_incoming() {
         let cases = [
             Delivery::Dm { from: "a", to: "b", text: "x\"y" },
-            Delivery::Room { room: "lobby", from: Some("a"), text: "hi" },
+            Delivery::Room { room: "lobby", from: Some("a"), text: "hi", rseq: None },
+            Delivery::Room { room: "lobby", from: Some("a"), text: "hi", rseq: Some(12) },
+            Delivery::Room { room: "quotes", from: None, text: "q", rseq: Some(0) },
             Delivery::Server { text: "notice", broadcast: true },
             Delivery::Presence { room: None, name: "a", event: PresenceEvent::Join },
             Delivery::Presence { room: Some("r"), name: "a", event: PresenceEvent::Leave },
+            Delivery::Receipt { id: "m-1\"", to: "bob" },
         ];
         for (i, delivery) in cases.iter().enumerate() {
-            let text = frame(&delivery.encode_tail(99), i as u64 + 1);
+            let seq = i as u64 + 1;
+            let text = frame(&delivery.encode_tail(99), seq);
             let incoming = Incoming::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            assert_eq!(json["seq"], i as u64 + 1, "{text}");
+            assert_eq!(json["seq"], seq, "{text}");
             assert_eq!(json["ts"], 99, "{text}");
             assert_eq!(json["type"], delivery.kind(), "{incoming:?}");
+            assert_eq!(incoming.seq(), Some(seq), "{text}");
+            // Every field comes back as it went in.
+            let back = match (delivery, &incoming) {
+                (Delivery::Dm { from, to, text }, Incoming::Dm { from: f, to: t, text: x, .. }) => {
+                    from == f && to == t && text == x
+                }
+                (
+                    Delivery::Room { room, from, text, rseq },
+                    Incoming::Room { room: r, from: f, text: x, rseq: q, .. },
+                ) => room == r && from.map(str::to_owned) == *f && text == x && rseq == q,
+                (
+                    Delivery::Server { text, broadcast },
+                    Incoming::Server { text: x, broadcast: b, .. },
+                ) => text == x && broadcast == b,
+                (
+                    Delivery::Presence { room, name, event },
+                    Incoming::Presence { room: r, name: n, event: e, .. },
+                ) => room.map(str::to_owned) == *r && name == n && event == e,
+                (Delivery::Receipt { id, to }, Incoming::Delivered { id: i, to: t, .. }) => {
+                    id == i && to == t
+                }
+                _ => false,
+            };
+            assert!(back, "{delivery:?} came back as {incoming:?}");
+        }
+    }
+
+    #[test]
+    fn room_rseq_is_in_the_tail_only_when_kept() {
+        let kept = Delivery::Room { room: "r", from: Some("a"), text: "t", rseq: Some(12) };
+        assert_eq!(
+            frame(&kept.encode_tail(5), 3),
+            r#"{"type":"room","seq":3,"ts":5,"room":"r","rseq":12,"from":"a","text":"t"}"#
+        );
+        let live = Delivery::Room { room: "r", from: None, text: "t", rseq: None };
+        assert_eq!(
+            frame(&live.encode_tail(5), 4),
+            r#"{"type":"room","seq":4,"ts":5,"room":"r","text":"t"}"#
+        );
+        let receipt = Delivery::Receipt { id: "7", to: "bob" };
+        assert_eq!(
+            frame(&receipt.encode_tail(5), 8),
+            r#"{"type":"delivered","seq":8,"ts":5,"id":"7","to":"bob"}"#
+        );
+    }
+
+    #[test]
+    fn new_request_shapes_parse_and_re_encode() {
+        let cases: Vec<(&str, Request)> = vec![
+            (
+                r#"{"type":"dm","id":"1","to":"bob","text":"hi","receipt":true}"#,
+                Request::Dm {
+                    id: Some("1".into()),
+                    to: "bob".into(),
+                    text: "hi".into(),
+                    receipt: true,
+                },
+            ),
+            (
+                r#"{"type":"dm","to":"bob","text":"hi"}"#,
+                Request::Dm { id: None, to: "bob".into(), text: "hi".into(), receipt: false },
+            ),
+            (
+                r#"{"type":"join","id":"3","room":"lobby","since":{"rseq":12}}"#,
+                Request::Join {
+                    id: Some("3".into()),
+                    room: "lobby".into(),
+                    since: Some(Since::Rseq(12)),
+                },
+            ),
+            (
+                r#"{"type":"join","room":"lobby","since":{"ts":1764100000000}}"#,
+                Request::Join {
+                    id: None,
+                    room: "lobby".into(),
+                    since: Some(Since::Ts(1_764_100_000_000)),
+                },
+            ),
+            (
+                r#"{"type":"join","room":"lobby"}"#,
+                Request::Join { id: None, room: "lobby".into(), since: None },
+            ),
+            (r#"{"type":"ack","seq":42}"#, Request::Ack { id: None, seq: 42 }),
+            (r#"{"type":"ack","id":"a","seq":0}"#, Request::Ack { id: Some("a".into()), seq: 0 }),
+        ];
+        for (text, expected) in cases {
+            let request = parse_request(text).unwrap_or_else(|e| panic!("{text}: {}", e.message));
+            assert_eq!(request, expected, "{text}");
+            assert_eq!(serde_json::to_string(&request).unwrap_or_default(), text);
+        }
+        assert_eq!(
+            parse_request(r#"{"type":"ack","id":"x","seq":1}"#)
+                .ok()
+                .and_then(|r| r.id().map(str::to_owned)),
+            Some("x".into())
+        );
+        assert!(KNOWN_TYPES.contains(&"ack"));
+    }
+
+    #[test]
+    fn malformed_new_fields_are_bad_requests() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"type":"ack","id":"1"}"#, Some("1")),
+            (r#"{"type":"ack","id":"2","seq":-1}"#, Some("2")),
+            (r#"{"type":"ack","id":"3","seq":"7"}"#, Some("3")),
+            (r#"{"type":"ack","seq":1,"extra":true}"#, None),
+            (r#"{"type":"join","id":"4","room":"r","since":{"rseq":1,"ts":2}}"#, Some("4")),
+            (r#"{"type":"join","id":"5","room":"r","since":{"seq":1}}"#, Some("5")),
+            (r#"{"type":"join","id":"6","room":"r","since":12}"#, Some("6")),
+            (r#"{"type":"join","id":"7","room":"r","since":{}}"#, Some("7")),
+            (r#"{"type":"dm","id":"8","to":"b","text":"x","receipt":"yes"}"#, Some("8")),
+        ];
+        for (text, id) in cases {
+            let err = parse_request(text).expect_err(text);
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}: {}", err.message);
+            assert_eq!(err.id.as_deref(), *id, "{text}");
+        }
+    }
+
+    #[test]
+    fn since_and_ack_status_serde() {
+        for (since, wire) in [
+            (Since::Rseq(0), r#"{"rseq":0}"#),
+            (Since::Ts(u64::MAX), r#"{"ts":18446744073709551615}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&since).unwrap_or_default(), wire);
+            assert_eq!(serde_json::from_str::<Since>(wire).ok(), Some(since));
+        }
+        for status in [AckStatus::Live, AckStatus::Stored, AckStatus::Duplicate] {
+            let wire = serde_json::to_value(status).unwrap_or_default();
+            assert_eq!(wire, status.as_str());
+            assert_eq!(serde_json::from_value::<AckStatus>(wire).ok(), Some(status));
+        }
+        assert!(serde_json::from_str::<AckStatus>(r#""lost""#).is_err());
+    }
+
+    #[test]
+    fn error_codes_agree_with_serde_and_are_all_listed() {
+        assert_eq!(ErrorCode::UnknownRecipient.as_str(), "unknown_recipient");
+        assert_eq!(ErrorCode::InboxFull.as_str(), "inbox_full");
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap_or_default();
+            assert_eq!(wire, code.as_str(), "{code:?}");
+            assert_eq!(serde_json::from_value::<ErrorCode>(wire).ok(), Some(*code));
+            assert!(seen.insert(code.as_str()), "{code:?} twice");
+        }
+        let reply = Reply::error(Some("9"), ErrorCode::InboxFull, "bob's inbox is full");
+        let parsed = Incoming::parse(&reply.encode()).ok();
+        assert_eq!(
+            parsed,
+            Some(Incoming::Error {
+                id: Some("9".into()),
+                code: ErrorCode::InboxFull,
+                message: "bob's inbox is full".into()
+            })
+        );
+    }
+
+    #[test]
+    fn acks_with_and_without_status_round_trip() {
+        let cases = [
+            (Reply::ack("3"), r#"{"type":"ack","id":"3"}"#, None),
+            (
+                Reply::ack_with("1", AckStatus::Live),
+                r#"{"type":"ack","id":"1","status":"live"}"#,
+                Some(AckStatus::Live),
+            ),
+            (
+                Reply::ack_with("2", AckStatus::Stored),
+                r#"{"type":"ack","id":"2","status":"stored"}"#,
+                Some(AckStatus::Stored),
+            ),
+            (
+                Reply::ack_with("4", AckStatus::Duplicate),
+                r#"{"type":"ack","id":"4","status":"duplicate"}"#,
+                Some(AckStatus::Duplicate),
+            ),
+        ];
+        for (reply, wire, status) in cases {
+            assert_eq!(reply.encode(), wire);
+            let Ok(Incoming::Ack { id, status: got }) = Incoming::parse(wire) else {
+                panic!("{wire}")
+            };
+            assert_eq!(got, status, "{wire}");
+            assert_eq!(Some(id.as_str()), wire.split('"').nth(7), "{wire}");
+            assert_eq!(serde_json::from_str::<Reply>(wire).ok(), Some(reply));
         }
     }
 

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_main, Criterion, Throughput};
-use switchboard::hub::{Body, Hub, HubLimits, Message, Protocol};
+use switchboard::hub::{Body, Hub, HubLimits, Message, Protocol, SendMeta};
 use switchboard_protocol::{classic, v1};
 
 /// A classic DM as the load generator sends it: ~100 bytes.
@@ -80,7 +80,12 @@ fn hub_routing(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("send_direct_among_10k", |b| {
         b.iter(|| {
-            let _ = hub.send_direct(&sender, black_box("client4242"), TEXT.to_owned());
+            let _ = hub.send_direct(
+                &sender,
+                black_box("client4242"),
+                TEXT.to_owned(),
+                SendMeta::default(),
+            );
             // Drain so the outbox never reaches its byte limit.
             let _ = keep[4242].1.try_recv();
         })

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
 
     while let Some(event) = sender_events.recv().await {
         match event {
-            Event::Ack { id: acked } if acked == id => break,
+            Event::Ack { id: acked, .. } if acked == id => break,
             Event::Error { message, .. } => anyhow::bail!("refused: {message}"),
             _ => {}
         }

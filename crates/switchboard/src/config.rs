@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::hub::HubLimits;
+use crate::store::SyncPolicy;
 
 /// Everything the server needs to know; see README.md for each option.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +90,30 @@ pub struct Config {
     /// Seconds without a data frame from a client before it is closed with
     /// 4003 (0: never). Pings and pongs do not count as data.
     pub idle_timeout_secs: u64,
+
+    // --- durability (issue 7) ---
+    /// Directory of the durable store (`switchboard.db`), created if missing.
+    pub data_dir: PathBuf,
+    /// Keep nothing on disk: messages to offline clients are refused, as
+    /// before the durable store existed.
+    pub ephemeral: bool,
+    /// When store commits are fsynced: `full` (every group commit), `normal`
+    /// (at WAL checkpoints: survives kill -9, not power loss) or `off`.
+    pub sync: SyncPolicy,
+    /// Stored, unacknowledged messages one client's inbox may hold.
+    pub inbox_max_messages: u64,
+    /// Bytes one client's inbox may hold.
+    pub inbox_max_bytes: u64,
+    /// Hours a stored message is kept before retention removes it.
+    pub inbox_max_age_hours: u64,
+    /// Bytes all inboxes together may hold.
+    pub store_max_bytes: u64,
+    /// Names the hub keeps inboxes for (a name is known once it connected).
+    pub max_known_names: usize,
+    /// Messages each room keeps for joins with `since` (0: no history).
+    pub room_history: usize,
+    /// Seconds a sender's message ids are remembered to drop retried sends.
+    pub dedup_window_secs: u64,
 }
 
 impl Default for Config {
@@ -126,6 +151,17 @@ impl Default for Config {
             max_clients: 16_000,
             max_clients_per_ip: 0,
             idle_timeout_secs: 0,
+            // --- durability (issue 7) ---
+            data_dir: PathBuf::from("switchboard-data"),
+            ephemeral: false,
+            sync: SyncPolicy::Full,
+            inbox_max_messages: limits.inbox_max_messages,
+            inbox_max_bytes: limits.inbox_max_bytes,
+            inbox_max_age_hours: 7 * 24,
+            store_max_bytes: limits.store_max_bytes,
+            max_known_names: limits.max_known_names,
+            room_history: limits.room_history,
+            dedup_window_secs: limits.dedup_window.as_secs(),
         }
     }
 }
@@ -192,6 +228,10 @@ impl Config {
             ("pong_timeout_secs", self.pong_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("backlog", u64::from(self.backlog)),
+            ("inbox_max_messages", self.inbox_max_messages),
+            ("inbox_max_bytes", self.inbox_max_bytes),
+            ("inbox_max_age_hours", self.inbox_max_age_hours),
+            ("store_max_bytes", self.store_max_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -256,7 +296,27 @@ impl Config {
             max_name_chars: self.max_name_chars,
             max_rooms_per_client: self.max_rooms_per_client,
             max_members_per_room: self.max_members_per_room,
+            inbox_max_messages: self.inbox_max_messages,
+            inbox_max_bytes: self.inbox_max_bytes,
+            store_max_bytes: self.store_max_bytes,
+            max_known_names: self.max_known_names,
+            room_history: self.room_history,
+            max_history_rooms: HubLimits::default().max_history_rooms,
+            dedup_window: Duration::from_secs(self.dedup_window_secs),
         }
+    }
+
+    /// Issue 7: how to open the durable store, or `None` with `ephemeral`.
+    pub fn store_config(&self) -> Option<crate::store::StoreConfig> {
+        (!self.ephemeral).then(|| crate::store::StoreConfig {
+            data_dir: self.data_dir.clone(),
+            sync: self.sync,
+            max_batch: 4096,
+            queue_limit_bytes: 64 * 1024 * 1024,
+            max_age: Duration::from_secs(self.inbox_max_age_hours.saturating_mul(3600)),
+            dedup_window: Duration::from_secs(self.dedup_window_secs),
+            room_history: self.room_history,
+        })
     }
 
     /// Cluster mode (issue 8): how to join, or `None` on a single node. The

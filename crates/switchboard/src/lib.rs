@@ -12,6 +12,8 @@
 //!   operator API, shutdown.
 //! - [`cli`]: the `switchboard connect` terminal client.
 //! - [`cluster`]: cluster mode (issue 8), the bus between nodes over Redis.
+//! - [`store`]: the durable store (issue 7): inboxes and room history in
+//!   an embedded SQLite database, written by one group-commit thread.
 //! - wire shapes live in the `switchboard-protocol` crate; the async client
 //!   in `switchboard-client`.
 //!
@@ -28,3 +30,4 @@ pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod server;
+pub mod store;

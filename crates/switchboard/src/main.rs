@@ -98,6 +98,29 @@ struct ServeArgs {
     /// Allow WebSockets from this browser origin besides the server's own (repeatable; * for any).
     #[arg(long = "allowed-origin", value_name = "ORIGIN", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    // --- durability (issue 7); retention limits are set in the config file ---
+    /// Directory of the durable message store [default: ./switchboard-data].
+    #[arg(long, value_name = "DIR", conflicts_with = "ephemeral")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Keep nothing on disk: messages to offline clients are refused.
+    #[arg(long)]
+    ephemeral: bool,
+    /// When store commits are fsynced: full (every group commit), normal, off [default: full].
+    #[arg(long, value_name = "POLICY", value_parser = parse_sync)]
+    sync: Option<switchboard::store::SyncPolicy>,
+    /// Messages each room keeps for joins with `since`, 0 for none [default: 100].
+    #[arg(long)]
+    room_history: Option<usize>,
+}
+
+fn parse_sync(raw: &str) -> Result<switchboard::store::SyncPolicy, String> {
+    use switchboard::store::SyncPolicy;
+    match raw {
+        "full" => Ok(SyncPolicy::Full),
+        "normal" => Ok(SyncPolicy::Normal),
+        "off" => Ok(SyncPolicy::Off),
+        other => Err(format!("expected full, normal or off, got {other:?}")),
+    }
 }
 
 impl ServeArgs {
@@ -157,6 +180,19 @@ impl ServeArgs {
         }
         if !self.allowed_origins.is_empty() {
             config.allowed_origins = self.allowed_origins;
+        }
+        // --- durability (issue 7) ---
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if self.ephemeral {
+            config.ephemeral = true;
+        }
+        if let Some(sync) = self.sync {
+            config.sync = sync;
+        }
+        if let Some(keep) = self.room_history {
+            config.room_history = keep;
         }
         config.validate()?;
         Ok(config)

@@ -74,7 +74,7 @@ async fn send_to_one_reaches_only_that_client_and_404s_when_offline() {
         .expect("post");
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.expect("json");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("nobody is not online")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("nobody is unknown")), "{body}");
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ async fn json_output_is_one_object_per_line() {
     cli.send("@nobody hello?").await;
     let line = cli.expect_line("error", |line| line.contains(r#""type":"error""#)).await;
     let error: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-    assert_eq!(error["code"], "recipient_offline");
+    assert_eq!(error["code"], "unknown_recipient");
 
     let (code, rest, stderr) = cli.finish().await;
     assert_eq!(code, Some(0), "{stderr}");

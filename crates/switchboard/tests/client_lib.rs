@@ -225,9 +225,9 @@ async fn refusals_name_their_request_ids() {
     let (alice, mut events) = connect(&server, "alice").await;
 
     let cases: Vec<(Outbound, ErrorCode)> = vec![
-        (Outbound::direct("nobody", "hello?"), ErrorCode::RecipientOffline),
+        (Outbound::direct("nobody", "hello?"), ErrorCode::UnknownRecipient),
         (Outbound::publish("not-joined", "x", false).with_id("mine"), ErrorCode::NotMember),
-        (Outbound::binary_to("nobody", vec![1u8, 2, 3]), ErrorCode::RecipientOffline),
+        (Outbound::binary_to("nobody", vec![1u8, 2, 3]), ErrorCode::UnknownRecipient),
         (Outbound::join(" bad room"), ErrorCode::InvalidName),
         // Refused locally from the welcome's limit, not sent: the hub would close with 1009.
         (Outbound::server("x".repeat(5000)), ErrorCode::TooLarge),

@@ -127,7 +127,7 @@ async fn direct_messages_cross_nodes_in_both_protocols_and_in_order() {
     // v1 → classic, with an ack.
     let ack =
         ask(&mut bob, json!({"type": "dm", "id": "d1", "to": "carol", "text": "hi carol"})).await;
-    assert_eq!(ack, json!({"type": "ack", "id": "d1"}));
+    assert_eq!(ack, json!({"type": "ack", "id": "d1", "status": "live"}));
     assert_eq!(carol.recv_json().await, json!({"src": "bob", "dst": "carol", "msg": "hi carol"}));
 
     // Per-sender order across nodes.
@@ -433,7 +433,7 @@ async fn redis_outage_keeps_local_traffic_refuses_cross_node_and_heals() {
     assert_eq!(http.get(nodes[0].http("/readyz")).send().await.expect("get").status(), 200);
     settle(&nodes, 3).await;
     let ack = ask(&mut bob, json!({"type": "dm", "id": "y", "to": "carol", "text": "back"})).await;
-    assert_eq!(ack, json!({"type": "ack", "id": "y"}));
+    assert_eq!(ack, json!({"type": "ack", "id": "y", "status": "live"}));
     let dm = carol.recv_json().await;
     assert_eq!((dm["from"].as_str(), dm["text"].as_str()), (Some("bob"), Some("back")), "{dm}");
     // Names were re-claimed in the new Redis: still unique cluster-wide.

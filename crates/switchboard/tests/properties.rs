@@ -234,7 +234,7 @@ fn random_binary_frames_to_a_v1_session_are_answered_and_never_close() {
                         Ok(parsed) => {
                             let id = (!parsed.id.is_empty()).then(|| parsed.id.to_owned());
                             match parsed.target {
-                                binary::Target::Client(_) => ("recipient_offline", id),
+                                binary::Target::Client(_) => ("unknown_recipient", id),
                                 binary::Target::Room(_) => ("not_member", id),
                             }
                         }

@@ -185,20 +185,7 @@ fn binary_examples_parse_and_re_encode_byte_for_byte() {
 
 #[test]
 fn every_error_code_and_close_code_is_documented() {
-    let codes = [
-        ErrorCode::BadRequest,
-        ErrorCode::UnknownType,
-        ErrorCode::RecipientOffline,
-        ErrorCode::InvalidName,
-        ErrorCode::NotMember,
-        ErrorCode::RateLimited,
-        ErrorCode::TooLarge,
-        ErrorCode::LimitReached,
-        ErrorCode::Unsupported,
-        ErrorCode::Internal,
-        ErrorCode::Unavailable,
-    ];
-    for code in codes {
+    for &code in ErrorCode::ALL {
         let wire = serde_json::to_value(code).unwrap_or_default();
         assert_eq!(wire, code.as_str(), "serde and as_str agree");
         let row = format!("| `{}`", code.as_str());

@@ -103,9 +103,10 @@ pub(crate) fn json(event: &Event) -> Option<serde_json::Value> {
         Event::Direct { seq, ts, from, to, text } => {
             json!({ "type": "dm", "seq": seq, "ts": ts, "from": from, "to": to, "text": text })
         }
-        Event::Room { seq, ts, room, from, text } => {
-            json!({ "type": "room", "seq": seq, "ts": ts, "room": room, "from": from, "text": text })
-        }
+        Event::Room { seq, ts, room, rseq, from, text } => json!({
+            "type": "room", "seq": seq, "ts": ts, "room": room, "rseq": rseq, "from": from,
+            "text": text,
+        }),
         Event::Server { seq, ts, text, broadcast } => {
             json!({ "type": "server", "seq": seq, "ts": ts, "text": text, "broadcast": broadcast })
         }
@@ -117,7 +118,9 @@ pub(crate) fn json(event: &Event) -> Option<serde_json::Value> {
             "type": "presence", "seq": seq, "ts": ts, "room": room, "name": name,
             "event": presence_word(*event),
         }),
-        Event::Ack { id } => json!({ "type": "ack", "id": id }),
+        Event::Ack { id, status } => {
+            json!({ "type": "ack", "id": id, "status": status.map(|s| s.as_str()) })
+        }
         Event::Error { id, code, message } => {
             json!({ "type": "error", "id": id, "code": code.as_str(), "message": message })
         }
@@ -156,20 +159,28 @@ mod tests {
                     seq: 1,
                     ts: 2,
                     room: "r".into(),
+                    rseq: Some(3),
                     from: Some("a".into()),
                     text: "x".into(),
                 },
                 Some("[#r a] x"),
             ),
             (
-                Event::Room { seq: 1, ts: 2, room: "r".into(), from: None, text: "x".into() },
+                Event::Room {
+                    seq: 1,
+                    ts: 2,
+                    room: "r".into(),
+                    rseq: None,
+                    from: None,
+                    text: "x".into(),
+                },
                 Some("[#r] x"),
             ),
             (
                 Event::Server { seq: 1, ts: 2, text: "notice".into(), broadcast: true },
                 Some("[server] notice"),
             ),
-            (Event::Ack { id: "1".into() }, None),
+            (Event::Ack { id: "1".into(), status: None }, None),
         ];
         for (event, expected) in cases {
             assert_eq!(text(&event).as_deref(), expected, "{event:?}");

@@ -334,7 +334,8 @@ pub fn envelope_for(message: &Message, to: Option<&str>) -> Option<(Envelope, By
         Body::Direct { from, to, text } => {
             Envelope::Direct { from: from.to_string(), to: to.to_string(), text: text.clone() }
         }
-        Body::Room { room, from, text } => Envelope::Room {
+        // Room history (issue 7) is per node: the rseq stays local.
+        Body::Room { room, from, text, .. } => Envelope::Room {
             room: room.to_string(),
             from: from.as_ref().map(ToString::to_string),
             text: text.clone(),
@@ -353,7 +354,8 @@ pub fn envelope_for(message: &Message, to: Option<&str>) -> Option<(Envelope, By
                 payload.clone(),
             ))
         }
-        Body::Presence { .. } => return None,
+        // Receipts (issue 7) go to the sender's node-local inbox.
+        Body::Presence { .. } | Body::Receipt { .. } => return None,
     };
     Some((envelope, Bytes::new()))
 }
@@ -445,6 +447,7 @@ impl Directory {
                 messages_in: 0,
                 messages_out: 0,
                 queued_bytes: 0,
+                inbox_depth: 0,
             })
             .collect()
     }

@@ -677,7 +677,10 @@ impl Task {
             Envelope::Room { room, from, text } => {
                 let from = from.and_then(|f| hub.client_name(&f).ok());
                 if let Ok(room_name) = hub.room_name(&room) {
-                    hub.room_from_cluster(&room, Body::Room { room: room_name, from, text });
+                    hub.room_from_cluster(
+                        &room,
+                        Body::Room { room: room_name, from, text, rseq: None },
+                    );
                 }
             }
             Envelope::Server { to: Some(to), text } => {

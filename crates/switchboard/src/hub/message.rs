@@ -36,6 +36,8 @@ pub enum Body {
         from: Option<ClientName>,
         /// The text.
         text: String,
+        /// The room's own sequence number, when the room keeps history.
+        rseq: Option<u64>,
     },
     /// A message from the operator (HTTP API).
     Server {
@@ -62,6 +64,14 @@ pub enum Body {
         /// The payload, shared by every recipient.
         payload: Bytes,
     },
+    /// A delivery receipt (issue 7): `to` acknowledged the message the
+    /// recipient sent with client id `id`.
+    Receipt {
+        /// The sender's client id of the acknowledged message.
+        id: String,
+        /// Who acknowledged it.
+        to: ClientName,
+    },
 }
 
 /// A message and its cached encodings.
@@ -85,7 +95,13 @@ pub fn now_ms() -> u64 {
 impl Message {
     /// Stamps `body` with the current time.
     pub fn new(body: Body) -> Message {
-        Message { ts: now_ms(), body, classic: OnceLock::new(), v1: OnceLock::new() }
+        Message::at(now_ms(), body)
+    }
+
+    /// A message accepted at `ts` (ms since the Unix epoch): a stored one,
+    /// replayed with its original time.
+    pub fn at(ts: u64, body: Body) -> Message {
+        Message { ts, body, classic: OnceLock::new(), v1: OnceLock::new() }
     }
 
     /// As [`Message::new`], with the classic frame already encoded by the
@@ -118,6 +134,7 @@ impl Message {
                 text.len() + 96
             }
             Body::Presence { .. } => 128,
+            Body::Receipt { id, .. } => id.len() + 128,
             Body::Binary { payload, .. } => payload.len() + 96,
         }
     }
@@ -154,13 +171,13 @@ impl Message {
                     Body::Direct { from, to, text } => {
                         Some(classic::encode_direct(from.as_str(), to.as_str(), text))
                     }
-                    Body::Room { room, from, text } => Some(classic::encode_room(
+                    Body::Room { room, from, text, .. } => Some(classic::encode_room(
                         room.as_str(),
                         from.as_ref().map_or("server", ClientName::as_str),
                         text,
                     )),
                     Body::Server { text, .. } => Some(text.clone()),
-                    Body::Presence { .. } | Body::Binary { .. } => None,
+                    Body::Presence { .. } | Body::Binary { .. } | Body::Receipt { .. } => None,
                 }
                 .map(Utf8Bytes::from)
             })
@@ -203,11 +220,13 @@ impl Message {
             Body::Direct { from, to, text } => {
                 v1::Delivery::Dm { from: from.as_str(), to: to.as_str(), text }
             }
-            Body::Room { room, from, text } => v1::Delivery::Room {
+            Body::Room { room, from, text, rseq } => v1::Delivery::Room {
                 room: room.as_str(),
                 from: from.as_ref().map(ClientName::as_str),
                 text,
+                rseq: *rseq,
             },
+            Body::Receipt { id, to } => v1::Delivery::Receipt { id, to: to.as_str() },
             Body::Server { text, broadcast } => {
                 v1::Delivery::Server { text, broadcast: *broadcast }
             }

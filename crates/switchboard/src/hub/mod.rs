@@ -17,7 +17,9 @@
 //! - The state lock is a `std::sync::Mutex`, held for map operations and
 //!   non-blocking pushes only, never across an `.await`.
 
+mod durable;
 mod event;
+mod inbox;
 mod message;
 mod outbox;
 pub mod rate;
@@ -26,18 +28,22 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use switchboard_protocol::v1::PresenceEvent;
+use switchboard_protocol::v1::{PresenceEvent, Since};
 use switchboard_protocol::{close, ClientName, NameError, RoomName};
 use tokio::sync::broadcast;
 
 use crate::cluster::{Bus, LocalBus};
+use crate::store::Store;
+use durable::Origin;
+use inbox::Inbox;
 
+pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta};
 pub use event::{EventKind, HubEvent};
 pub use message::{now_ms, Body, Message};
-pub use outbox::{outbox, Closer, Outbox, OutboxReceiver, Outgoing, PushError};
+pub use outbox::{outbox, Closer, Outbox, OutboxReceiver, Outgoing, PushError, Replay};
 
 /// How many events a slow `/api/events` subscriber may fall behind before it
 /// is told it missed some.
@@ -54,6 +60,21 @@ pub struct HubLimits {
     pub max_rooms_per_client: usize,
     /// Members one room may hold.
     pub max_members_per_room: usize,
+    // --- durability (issue 7) ---
+    /// Stored, unacknowledged messages one inbox may hold.
+    pub inbox_max_messages: u64,
+    /// Bytes one inbox may hold.
+    pub inbox_max_bytes: u64,
+    /// Bytes every inbox together may hold.
+    pub store_max_bytes: u64,
+    /// Names the hub keeps inboxes for.
+    pub max_known_names: usize,
+    /// Messages each room keeps for joins with `since` (0: none).
+    pub room_history: usize,
+    /// Rooms that may keep history at once.
+    pub max_history_rooms: usize,
+    /// How long a sender's client ids are remembered to drop retries.
+    pub dedup_window: Duration,
 }
 
 impl Default for HubLimits {
@@ -63,6 +84,13 @@ impl Default for HubLimits {
             max_name_chars: switchboard_protocol::name::DEFAULT_MAX_NAME_CHARS,
             max_rooms_per_client: 100,
             max_members_per_room: 10_000,
+            inbox_max_messages: 10_000,
+            inbox_max_bytes: 16 * 1024 * 1024,
+            store_max_bytes: 1024 * 1024 * 1024,
+            max_known_names: 100_000,
+            room_history: 100,
+            max_history_rooms: 10_000,
+            dedup_window: Duration::from_secs(600),
         }
     }
 }
@@ -127,6 +155,9 @@ pub enum CloseReason {
     },
     /// The connection failed (I/O error, reset).
     Dropped(String),
+    /// The server failed to serve the session (e.g. cannot read stored
+    /// messages); the client may reconnect.
+    Internal(String),
 }
 
 impl CloseReason {
@@ -146,6 +177,7 @@ impl CloseReason {
             CloseReason::IdleTimeout { .. } => Some(close::IDLE_TIMEOUT),
             CloseReason::PeerClosed { code, .. } => *code,
             CloseReason::Dropped(_) => None,
+            CloseReason::Internal(_) => Some(close::INTERNAL_ERROR),
         }
     }
 
@@ -168,6 +200,7 @@ impl CloseReason {
             CloseReason::PeerClosed { reason, .. } if reason.is_empty() => "client closed".into(),
             CloseReason::PeerClosed { reason, .. } => format!("client closed: {reason}"),
             CloseReason::Dropped(detail) => format!("connection lost: {detail}"),
+            CloseReason::Internal(detail) => format!("server error: {detail}"),
         }
     }
 
@@ -210,6 +243,15 @@ pub enum RouteError {
     /// The recipient's queue overflowed; it is being disconnected.
     #[error("{0} is not reading fast enough and is being disconnected")]
     RecipientOverflow(String),
+    /// Issue 7: the name never connected, so there is no inbox to store into.
+    #[error("{0} is unknown: it has never connected to this hub")]
+    UnknownRecipient(String),
+    /// Issue 7: the recipient's inbox (or the whole store) is at its limit.
+    #[error("{0}")]
+    InboxFull(String),
+    /// Issue 7: the store cannot take the message now (overloaded or failing).
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// Cluster mode (issue 8): the recipient may be on another node and the
     /// cluster bus is down, so the message was not sent there.
     #[error(
@@ -241,6 +283,10 @@ pub struct Client {
     connected_at: SystemTime,
     /// Where messages to this client go.
     outbox: Outbox,
+    /// Its name's seq counter and inbox (issue 7).
+    inbox: Arc<Inbox>,
+    /// How the session acknowledges stored deliveries (issue 7).
+    ack_mode: AckMode,
     /// Messages received from the client (for the console).
     messages_in: AtomicU64,
     /// Messages queued to the client (for the console).
@@ -287,8 +333,14 @@ impl Client {
         self.allowed_rooms.get().is_none_or(|allowed| allowed.contains(room.as_str()))
     }
 
+    /// How the session acknowledges stored deliveries.
+    pub fn ack_mode(&self) -> AckMode {
+        self.ack_mode
+    }
+
+    /// Delivers a message that is not stored: presence, room traffic.
     fn deliver(&self, message: &Arc<Message>) -> Result<(), PushError> {
-        self.outbox.push(Outgoing::Deliver(message.clone()))?;
+        self.inbox.deliver(message)?;
         self.messages_out.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -315,6 +367,8 @@ pub struct ClientInfo {
     pub messages_out: u64,
     /// Bytes waiting in its outbox.
     pub queued_bytes: usize,
+    /// Stored messages not yet acknowledged (issue 7).
+    pub inbox_depth: u64,
 }
 
 /// A snapshot of one room, for the operator API.
@@ -346,6 +400,10 @@ struct Shared {
     routed: AtomicU64,
     /// Cluster mode (issue 8): the bus to the other nodes; unset on a single node.
     bus: OnceLock<Arc<dyn Bus>>,
+    /// Issue 7: the durable store; unset in ephemeral mode.
+    store: OnceLock<Store>,
+    /// Issue 7: bytes in every inbox together.
+    stored_bytes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -354,6 +412,11 @@ struct State {
     rooms: HashMap<RoomName, Room>,
     /// Clients subscribed to global presence.
     presence: HashMap<ClientName, Arc<Client>>,
+    /// Issue 7: every name's inbox — known names with a durable store,
+    /// online names only in ephemeral mode.
+    inboxes: HashMap<ClientName, Arc<Inbox>>,
+    /// Issue 7: rooms' recent messages, kept after a room empties.
+    histories: HashMap<RoomName, durable::RoomHistory>,
 }
 
 #[derive(Debug)]
@@ -388,6 +451,8 @@ impl Hub {
                 next_session: AtomicU64::new(1),
                 routed: AtomicU64::new(0),
                 bus: OnceLock::new(),
+                store: OnceLock::new(),
+                stored_bytes: AtomicU64::new(0),
             }),
         }
     }
@@ -468,26 +533,53 @@ impl Hub {
         protocol: Protocol,
         first: impl FnOnce(&Client) -> Option<Outgoing>,
     ) -> Result<(Registration, OutboxReceiver), RegisterError> {
+        self.register_session(name, addr, protocol, None, first)
+    }
+
+    /// As [`Hub::register_with`], for a session that resumes after the seq
+    /// `resume` (issue 7): `Some` puts the session in client-ack mode. With
+    /// a durable store, the name's stored messages are queued (as an
+    /// [`Outgoing::Replay`]) right behind `first`, ahead of live traffic.
+    ///
+    /// # Errors
+    /// As [`Hub::register`].
+    pub fn register_session(
+        &self,
+        name: ClientName,
+        addr: SocketAddr,
+        protocol: Protocol,
+        resume: Option<u64>,
+        first: impl FnOnce(&Client) -> Option<Outgoing>,
+    ) -> Result<(Registration, OutboxReceiver), RegisterError> {
         let (outbox, receiver) = outbox(self.shared.limits.max_queued_bytes);
-        let client = Arc::new(Client {
-            name: name.clone(),
-            session: self.shared.next_session.fetch_add(1, Ordering::Relaxed),
-            addr,
-            protocol,
-            connected_at: SystemTime::now(),
-            outbox,
-            messages_in: AtomicU64::new(0),
-            messages_out: AtomicU64::new(0),
-            allowed_rooms: OnceLock::new(),
-        });
-        if let Some(item) = first(&client) {
-            let _ = client.outbox.push(item);
-        }
-        {
+        let session = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let ack_mode = match resume {
+            Some(_) => AckMode::Client,
+            None => AckMode::Auto,
+        };
+        let client = {
             let mut state = self.state();
             if state.clients.contains_key(&name) {
                 return Err(RegisterError::NameTaken(name.to_string()));
             }
+            let inbox = self.inbox_for_session(&mut state, &name);
+            let client = Arc::new(Client {
+                name: name.clone(),
+                session,
+                addr,
+                protocol,
+                connected_at: SystemTime::now(),
+                outbox,
+                inbox,
+                ack_mode,
+                messages_in: AtomicU64::new(0),
+                messages_out: AtomicU64::new(0),
+                allowed_rooms: OnceLock::new(),
+            });
+            if let Some(item) = first(&client) {
+                let _ = client.outbox.push(item);
+            }
+            self.go_live(&client, resume);
             state.clients.insert(
                 name.clone(),
                 Slot { client: client.clone(), rooms: BTreeSet::new(), watching: BTreeSet::new() },
@@ -500,7 +592,8 @@ impl Hub {
             for watcher in state.presence.values() {
                 let _ = watcher.deliver(&presence);
             }
-        }
+            client
+        };
         tracing::info!(%name, %addr, protocol = protocol.as_str(), "client joined");
         self.emit(EventKind::Joined { name, addr, protocol });
         Ok((Registration { hub: self.clone(), client, left: false }, receiver))
@@ -517,6 +610,7 @@ impl Hub {
                 _ => return,
             }
             let Some(slot) = state.clients.remove(&name) else { return };
+            self.go_offline(&mut state, &slot.client);
             state.presence.remove(&name);
             for room in &slot.watching {
                 if let Some(entry) = state.rooms.get_mut(room) {
@@ -579,20 +673,69 @@ impl Hub {
             .ok_or_else(|| RouteError::Offline(to.to_owned()))
     }
 
-    fn deliver_one(&self, recipient: &Client, message: &Arc<Message>) -> Result<(), RouteError> {
+    /// The inbox of `to`: online, or known while offline (issue 7).
+    fn inbox_of(&self, to: &str) -> Option<Arc<Inbox>> {
+        self.state().inboxes.get(to).cloned()
+    }
+
+    /// What a sender is told about a name with no inbox here.
+    fn no_inbox(&self, to: &str) -> RouteError {
+        if self.is_durable() {
+            RouteError::UnknownRecipient(to.to_owned())
+        } else {
+            RouteError::Offline(to.to_owned())
+        }
+    }
+
+    /// Routes one message to one name: a live or stored delivery here, or
+    /// in cluster mode to the node that has the client.
+    fn route_one(
+        &self,
+        to: &str,
+        body: impl FnOnce(ClientName) -> Body,
+        classic: Option<String>,
+        origin: Origin<'_>,
+    ) -> Result<Accepted, RouteError> {
+        let Some(inbox) = self.inbox_of(to) else {
+            let offline = self.no_inbox(to);
+            return self.send_remote(to, offline, body).map(|()| Accepted::Live);
+        };
+        // --- cluster (issue 8): a name known here may be online on another node.
+        if self.bus().is_clustered() && inbox.lock().live.is_none() {
+            let message = Message::new(body(inbox.name().clone()));
+            return match self.bus().send_direct(to, &message) {
+                Ok(()) => {
+                    self.shared.routed.fetch_add(1, Ordering::Relaxed);
+                    Ok(Accepted::Live)
+                }
+                Err(RouteError::Offline(_)) => {
+                    let message = Arc::new(message);
+                    self.deliver_kept(&inbox, &message, origin)
+                }
+                Err(other) => Err(other),
+            };
+        }
+        let message = Arc::new(Message::with_classic(body(inbox.name().clone()), classic));
+        let accepted = self.deliver_kept(&inbox, &message, origin)?;
         self.shared.routed.fetch_add(1, Ordering::Relaxed);
-        recipient
-            .deliver(message)
-            .map_err(|_| RouteError::RecipientOverflow(recipient.name.to_string()))
+        Ok(accepted)
     }
 
     /// Routes a private message from `from` to the client named `to`.
     ///
     /// # Errors
-    /// [`RouteError::Offline`] when `to` is not online;
-    /// [`RouteError::RecipientOverflow`] when its queue is full.
-    pub fn send_direct(&self, from: &Client, to: &str, text: String) -> Result<(), RouteError> {
-        self.send_direct_encoded(from, to, text, None)
+    /// [`RouteError::Offline`] when `to` is not online (ephemeral mode) or
+    /// [`RouteError::UnknownRecipient`] when it never connected (durable);
+    /// [`RouteError::RecipientOverflow`] when its queue is full;
+    /// [`RouteError::InboxFull`] when its stored messages are at the limit.
+    pub fn send_direct(
+        &self,
+        from: &Client,
+        to: &str,
+        text: String,
+        meta: SendMeta,
+    ) -> Result<Accepted, RouteError> {
+        self.send_direct_encoded(from, to, text, None, meta)
     }
 
     /// As [`Hub::send_direct`], with the classic frame already encoded by the
@@ -607,42 +750,33 @@ impl Hub {
         to: &str,
         text: String,
         classic: Option<String>,
-    ) -> Result<(), RouteError> {
-        let recipient = match self.lookup(to) {
-            Ok(recipient) => recipient,
-            Err(offline) => {
-                return self.send_remote(to, offline, |to| Body::Direct {
-                    from: from.name.clone(),
-                    to,
-                    text,
-                })
-            }
-        };
-        let message = Arc::new(Message::with_classic(
-            Body::Direct { from: from.name.clone(), to: recipient.name.clone(), text },
-            classic,
-        ));
-        self.deliver_one(&recipient, &message)
+        meta: SendMeta,
+    ) -> Result<Accepted, RouteError> {
+        self.send_as(from, meta, |hub, origin| {
+            hub.route_one(
+                to,
+                |to| Body::Direct { from: from.name.clone(), to, text },
+                classic,
+                origin,
+            )
+        })
     }
 
     /// Routes a binary payload from `from` to the client named `to`.
     ///
     /// # Errors
     /// As [`Hub::send_direct`].
-    pub fn send_binary(&self, from: &Client, to: &str, payload: Bytes) -> Result<(), RouteError> {
-        let recipient = match self.lookup(to) {
-            Ok(recipient) => recipient,
-            Err(offline) => {
-                return self.send_remote(to, offline, |_| Body::Binary {
-                    from: from.name.clone(),
-                    room: None,
-                    payload,
-                })
-            }
-        };
-        let message =
-            Arc::new(Message::new(Body::Binary { from: from.name.clone(), room: None, payload }));
-        self.deliver_one(&recipient, &message)
+    pub fn send_binary(
+        &self,
+        from: &Client,
+        to: &str,
+        payload: Bytes,
+        meta: SendMeta,
+    ) -> Result<Accepted, RouteError> {
+        self.send_as(from, meta, |hub, origin| {
+            let body = |_| Body::Binary { from: from.name.clone(), room: None, payload };
+            hub.route_one(to, body, None, origin)
+        })
     }
 
     /// A client's message to the server: logged and published as an event.
@@ -656,8 +790,17 @@ impl Hub {
     pub fn broadcast(&self, text: String) -> usize {
         let message = Arc::new(Message::new(Body::Server { text, broadcast: true }));
         let state = self.state();
-        let delivered =
-            state.clients.values().filter(|slot| slot.client.deliver(&message).is_ok()).count();
+        let delivered = state
+            .clients
+            .values()
+            .filter(|slot| {
+                let accepted = self.deliver_kept(&slot.client.inbox, &message, Origin::OPERATOR);
+                if accepted.is_ok() {
+                    slot.client.messages_out.fetch_add(1, Ordering::Relaxed);
+                }
+                accepted.is_ok()
+            })
+            .count();
         drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
         // --- cluster (issue 8): once to the bus; each node delivers to its own.
@@ -668,19 +811,14 @@ impl Hub {
         delivered + remote
     }
 
-    /// Sends `text` from the operator to the client named `to`.
+    /// Sends `text` from the operator to the client named `to`: live, or
+    /// stored for a known name that is offline (issue 7).
     ///
     /// # Errors
-    /// [`RouteError::Offline`] when `to` is not online.
-    pub fn send_to(&self, to: &str, text: String) -> Result<(), RouteError> {
-        let recipient = match self.lookup(to) {
-            Ok(recipient) => recipient,
-            Err(offline) => {
-                return self.send_remote(to, offline, |_| Body::Server { text, broadcast: false })
-            }
-        };
-        let message = Arc::new(Message::new(Body::Server { text, broadcast: false }));
-        self.deliver_one(&recipient, &message)
+    /// [`RouteError::Offline`] / [`RouteError::UnknownRecipient`] as for
+    /// [`Hub::send_direct`]; [`RouteError::InboxFull`].
+    pub fn send_to(&self, to: &str, text: String) -> Result<Accepted, RouteError> {
+        self.route_one(to, |_| Body::Server { text, broadcast: false }, None, Origin::OPERATOR)
     }
 
     /// Disconnects the client named `name` with close code 4000 and `reason`.
@@ -708,10 +846,19 @@ impl Hub {
     /// Adds `client` to `room`, creating the room on first join. Joining a
     /// room twice is not an error. Returns the room's members.
     ///
+    /// With `since` (issue 7), the room's kept messages after that point are
+    /// delivered to the client first, under the same lock as live publishes:
+    /// no message is missed or repeated between history and live traffic.
+    ///
     /// # Errors
     /// [`RouteError::InvalidName`] for a bad room name,
     /// [`RouteError::LimitReached`] when a room or membership limit is hit.
-    pub fn join(&self, client: &Client, room: &str) -> Result<Vec<ClientName>, RouteError> {
+    pub fn join(
+        &self,
+        client: &Client,
+        room: &str,
+        since: Option<Since>,
+    ) -> Result<Vec<ClientName>, RouteError> {
         let room = self
             .room_name(room)
             .map_err(|error| RouteError::InvalidName { name: room.into(), error })?;
@@ -755,6 +902,13 @@ impl Hub {
                     let _ = watcher.deliver(&presence);
                 }
             }
+            if let Some(since) = since {
+                if let Some(history) = state.histories.get(&room) {
+                    for message in history.since(since) {
+                        let _ = client.deliver(message);
+                    }
+                }
+            }
             sorted_names(state.rooms.get(&room).map(|r| r.members.keys()))
         };
         self.emit(EventKind::RoomJoined { name: client.name.clone(), room });
@@ -795,12 +949,16 @@ impl Hub {
         room: &str,
         text: String,
         echo: bool,
+        meta: SendMeta,
     ) -> Result<usize, RouteError> {
-        self.publish_body(Some(client), room, echo, |room| Body::Room {
-            room,
-            from: Some(client.name.clone()),
-            text,
-        })
+        let mut delivered = 0;
+        self.send_as(client, meta, |hub, _| {
+            let body =
+                |room, rseq| Body::Room { room, from: Some(client.name.clone()), text, rseq };
+            delivered = hub.publish_body(Some(client), room, echo, true, body)?;
+            Ok(Accepted::Live)
+        })?;
+        Ok(delivered)
     }
 
     /// Publishes a binary payload from `client` to `room`.
@@ -813,7 +971,7 @@ impl Hub {
         room: &str,
         payload: Bytes,
     ) -> Result<usize, RouteError> {
-        self.publish_body(Some(client), room, false, |room| Body::Binary {
+        self.publish_body(Some(client), room, false, false, |room, _| Body::Binary {
             from: client.name.clone(),
             room: Some(room),
             payload,
@@ -825,7 +983,12 @@ impl Hub {
     /// # Errors
     /// [`RouteError::NoSuchRoom`] when the room has no members.
     pub fn publish_as_server(&self, room: &str, text: String) -> Result<usize, RouteError> {
-        self.publish_body(None, room, true, |room| Body::Room { room, from: None, text })
+        self.publish_body(None, room, true, true, |room, rseq| Body::Room {
+            room,
+            from: None,
+            text,
+            rseq,
+        })
     }
 
     fn publish_body(
@@ -833,9 +996,10 @@ impl Hub {
         sender: Option<&Client>,
         room: &str,
         echo: bool,
-        body: impl FnOnce(RoomName) -> Body,
+        history: bool,
+        body: impl FnOnce(RoomName, Option<u64>) -> Body,
     ) -> Result<usize, RouteError> {
-        let state = self.state();
+        let mut state = self.state();
         // A room that only has watchers has no members to publish to.
         let found = state.rooms.get_key_value(room).filter(|(_, entry)| !entry.members.is_empty());
         let Some((room_name, entry)) = found else {
@@ -845,7 +1009,7 @@ impl Hub {
             if sender.is_none() && self.bus().is_clustered() {
                 if let Ok(room_name) = self.room_name(room) {
                     if self.bus().remote_rooms().contains_key(&room_name) {
-                        let message = Message::new(body(room_name));
+                        let message = Message::new(body(room_name, None));
                         return self.bus().publish_all(&message);
                     }
                 }
@@ -860,7 +1024,15 @@ impl Hub {
                 return Err(RouteError::NotMember(room.to_owned()));
             }
         }
-        let message = Arc::new(Message::new(body(room_name.clone())));
+        let room_name = room_name.clone();
+        // Issue 7: text published to the room is kept in its history.
+        let message = match history {
+            true => self.record_in_history(&mut state, room_name.clone(), body),
+            false => Arc::new(Message::new(body(room_name.clone(), None))),
+        };
+        let Some(entry) = state.rooms.get(&room_name) else {
+            return Err(RouteError::NoSuchRoom(room_name.to_string()));
+        };
         let sender_name = sender.map(|s| &s.name);
         let mut delivered = 0;
         for (name, member) in &entry.members {
@@ -1055,6 +1227,7 @@ impl Hub {
             messages_in: client.messages_in.load(Ordering::Relaxed),
             messages_out: client.messages_out.load(Ordering::Relaxed),
             queued_bytes: client.outbox.queued_bytes(),
+            inbox_depth: client.inbox.lock().depth,
         }
     }
 
@@ -1123,8 +1296,11 @@ impl Hub {
 
     /// Delivers a message from another node to the local client `to`.
     pub fn deliver_from_cluster(&self, to: &str, body: Body) {
-        if let Ok(recipient) = self.lookup(to) {
-            let _ = self.deliver_one(&recipient, &Arc::new(Message::new(body)));
+        if let Some(inbox) = self.inbox_of(to) {
+            let message = Arc::new(Message::new(body));
+            if self.deliver_kept(&inbox, &message, Origin::OPERATOR).is_ok() {
+                self.shared.routed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1132,8 +1308,13 @@ impl Hub {
     pub fn broadcast_from_cluster(&self, body: Body) {
         let message = Arc::new(Message::new(body));
         let state = self.state();
-        let delivered =
-            state.clients.values().filter(|slot| slot.client.deliver(&message).is_ok()).count();
+        let delivered = state
+            .clients
+            .values()
+            .filter(|slot| {
+                self.deliver_kept(&slot.client.inbox, &message, Origin::OPERATOR).is_ok()
+            })
+            .count();
         drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
     }

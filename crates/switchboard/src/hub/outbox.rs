@@ -16,6 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::Message;
 use super::CloseReason;
+use crate::store::Entry;
+
+/// A pending replay of stored messages (issue 7).
+#[derive(Debug)]
+pub struct Replay {
+    /// The store's answer: entries in seq order.
+    pub entries: tokio::sync::oneshot::Receiver<Result<Vec<Entry>, String>>,
+}
 
 /// Fixed cost charged per queued item on top of its payload, so that a flood
 /// of tiny messages is bounded too (roughly the size of the queue node).
@@ -25,7 +33,18 @@ const ITEM_OVERHEAD_BYTES: usize = 64;
 #[derive(Debug)]
 pub enum Outgoing {
     /// A message routed to this client, shared with its other recipients.
-    Deliver(Arc<Message>),
+    Deliver {
+        /// The message.
+        message: Arc<Message>,
+        /// This recipient's sequence number for it.
+        seq: u64,
+        /// It is also in the durable store; the writer acknowledges it
+        /// there once written (auto-ack sessions, issue 7).
+        stored: bool,
+    },
+    /// Stored messages to replay before anything queued after this item
+    /// (issue 7): the store's answer arrives on the channel.
+    Replay(Replay),
     /// A text frame for this client only (a v1 reply, a classic notice).
     Text(String),
     /// A binary frame for this client only.
@@ -36,7 +55,9 @@ impl Outgoing {
     fn cost(&self) -> usize {
         ITEM_OVERHEAD_BYTES
             + match self {
-                Outgoing::Deliver(message) => message.approximate_size(),
+                Outgoing::Deliver { message, .. } => message.approximate_size(),
+                // Replayed entries are bounded by the inbox limits, not the outbox.
+                Outgoing::Replay(_) => 0,
                 Outgoing::Text(text) => text.len(),
                 Outgoing::Binary(bytes) => bytes.len(),
             }

@@ -14,7 +14,8 @@ fn join(hub: &Hub, name: &str) -> (Registration, OutboxReceiver) {
 
 fn next_body(rx: &mut OutboxReceiver) -> Option<String> {
     match rx.try_recv()? {
-        Outgoing::Deliver(message) => message.v1_text(1),
+        Outgoing::Deliver { message, seq, .. } => message.v1_text(seq),
+        Outgoing::Replay(_) => Some("<replay>".into()),
         Outgoing::Text(text) => Some(text),
         Outgoing::Binary(_) => Some("<binary>".into()),
     }
@@ -39,7 +40,8 @@ fn direct_messages_carry_the_real_sender_in_order() {
     let (alice, _a) = join(&hub, "alice");
     let (_bob, mut b) = join(&hub, "bob");
     for i in 0..100 {
-        hub.send_direct(alice.client(), "bob", format!("m{i}")).unwrap_or_else(|e| panic!("{e}"));
+        hub.send_direct(alice.client(), "bob", format!("m{i}"), SendMeta::default())
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     for i in 0..100 {
         let frame = next_body(&mut b).unwrap_or_default();
@@ -47,7 +49,7 @@ fn direct_messages_carry_the_real_sender_in_order() {
         assert!(frame.contains(&format!(r#""text":"m{i}""#)), "{frame}");
     }
     assert_eq!(
-        hub.send_direct(alice.client(), "carol", "x".into()),
+        hub.send_direct(alice.client(), "carol", "x".into(), SendMeta::default()),
         Err(RouteError::Offline("carol".into()))
     );
 }
@@ -57,18 +59,21 @@ fn rooms_are_created_on_join_and_vanish_when_empty() {
     let hub = Hub::new(HubLimits::default());
     let (alice, mut a) = join(&hub, "alice");
     let (mut bob, mut b) = join(&hub, "bob");
-    hub.join(alice.client(), "lobby").unwrap_or_else(|e| panic!("{e}"));
-    let members = hub.join(bob.client(), "lobby").unwrap_or_else(|e| panic!("{e}"));
+    hub.join(alice.client(), "lobby", None).unwrap_or_else(|e| panic!("{e}"));
+    let members = hub.join(bob.client(), "lobby", None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(members.len(), 2);
-    assert_eq!(hub.publish(alice.client(), "lobby", "hi".into(), false), Ok(1));
+    assert_eq!(
+        hub.publish(alice.client(), "lobby", "hi".into(), false, SendMeta::default()),
+        Ok(1)
+    );
     assert!(next_body(&mut b).is_some_and(|f| f.contains(r#""room":"lobby""#)));
     assert!(next_body(&mut a).is_none(), "no echo unless asked");
-    assert_eq!(hub.publish(alice.client(), "lobby", "hi".into(), true), Ok(2));
+    assert_eq!(hub.publish(alice.client(), "lobby", "hi".into(), true, SendMeta::default()), Ok(2));
     bob.leave(&CloseReason::Dropped("test".into()));
     hub.leave(alice.client(), "lobby").unwrap_or_else(|e| panic!("{e}"));
     assert!(hub.rooms().is_empty());
     assert_eq!(
-        hub.publish(alice.client(), "lobby", "x".into(), false),
+        hub.publish(alice.client(), "lobby", "x".into(), false, SendMeta::default()),
         Err(RouteError::NotMember("lobby".into()))
     );
 }
@@ -96,10 +101,13 @@ fn room_limits_are_enforced() {
     let hub = Hub::new(limits);
     let (alice, _a) = join(&hub, "alice");
     let (bob, _b) = join(&hub, "bob");
-    hub.join(alice.client(), "one").unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(hub.join(alice.client(), "two"), Err(RouteError::LimitReached(_))));
-    assert!(matches!(hub.join(bob.client(), "one"), Err(RouteError::LimitReached(_))));
-    assert!(matches!(hub.join(bob.client(), "bad\nroom"), Err(RouteError::InvalidName { .. })));
+    hub.join(alice.client(), "one", None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(hub.join(alice.client(), "two", None), Err(RouteError::LimitReached(_))));
+    assert!(matches!(hub.join(bob.client(), "one", None), Err(RouteError::LimitReached(_))));
+    assert!(matches!(
+        hub.join(bob.client(), "bad\nroom", None),
+        Err(RouteError::InvalidName { .. })
+    ));
 }
 
 #[test]
@@ -109,7 +117,7 @@ fn a_broadcast_is_encoded_once_for_all_recipients() {
     assert_eq!(hub.broadcast("hello".into()), 10);
     let mut first: Option<Arc<Message>> = None;
     for (_, rx) in &mut receivers {
-        let Some(Outgoing::Deliver(message)) = rx.try_recv() else { panic!("no delivery") };
+        let Some(Outgoing::Deliver { message, .. }) = rx.try_recv() else { panic!("no delivery") };
         if let Some(first) = &first {
             assert!(Arc::ptr_eq(first, &message), "recipients share one message");
         }

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::Context;
-use crate::hub::{ClientInfo, EventKind, HubEvent, RoomInfo, RouteError};
+use crate::hub::{Accepted, ClientInfo, EventKind, HubEvent, RoomInfo, RouteError};
 
 /// An API failure: a status and a one-line message, as JSON `{"error": ...}`.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +39,13 @@ pub enum ApiError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
-    /// Cluster mode (issue 8): the target is on another node and the cluster bus is down.
+    /// Cluster mode (issue 8): the target is on another node and the
+    /// cluster bus is down; issue 7: the message store cannot take it now.
     #[error("{0}")]
     Unavailable(String),
+    /// Issue 7: the recipient's inbox (or the store) is at its limit.
+    #[error("{0}")]
+    Full(String),
 }
 
 impl IntoResponse for ApiError {
@@ -52,6 +56,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
         let mut response =
             (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
@@ -67,10 +72,14 @@ impl IntoResponse for ApiError {
 impl From<RouteError> for ApiError {
     fn from(error: RouteError) -> Self {
         match error {
-            RouteError::Offline(_) | RouteError::NoSuchRoom(_) | RouteError::NotMember(_) => {
-                ApiError::NotFound(error.to_string())
+            RouteError::Offline(_)
+            | RouteError::UnknownRecipient(_)
+            | RouteError::NoSuchRoom(_)
+            | RouteError::NotMember(_) => ApiError::NotFound(error.to_string()),
+            RouteError::ClusterUnavailable | RouteError::StoreUnavailable(_) => {
+                ApiError::Unavailable(error.to_string())
             }
-            RouteError::ClusterUnavailable => ApiError::Unavailable(error.to_string()),
+            RouteError::InboxFull(_) => ApiError::Full(error.to_string()),
             other => ApiError::BadRequest(other.to_string()),
         }
     }
@@ -83,6 +92,7 @@ pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
         .route("/clients/{name}", get(get_client).delete(disconnect))
         .route("/clients/{name}/messages", post(send_to_client))
         .route("/clients/{name}/disconnect", post(disconnect))
+        .route("/inboxes/{name}", get(get_inbox).delete(purge_inbox))
         .route("/broadcast", post(broadcast))
         .route("/rooms", get(list_rooms))
         .route("/rooms/{room}", get(get_room))
@@ -147,6 +157,8 @@ struct ClientView {
     messages_in: u64,
     messages_out: u64,
     queued_bytes: usize,
+    /// Stored messages not yet acknowledged (issue 7).
+    inbox_depth: u64,
 }
 
 impl From<ClientInfo> for ClientView {
@@ -162,6 +174,7 @@ impl From<ClientInfo> for ClientView {
             messages_in: info.messages_in,
             messages_out: info.messages_out,
             queued_bytes: info.queued_bytes,
+            inbox_depth: info.inbox_depth,
         }
     }
 }
@@ -200,13 +213,67 @@ async fn get_client(
         .ok_or_else(|| ApiError::NotFound(format!("{name} is not online")))
 }
 
+/// The answer to a message for one client: queued live, or stored for a
+/// known client that is offline (issue 7).
+#[derive(Debug, Serialize)]
+struct SentTo {
+    delivered: usize,
+    status: &'static str,
+}
+
 async fn send_to_client(
     State(ctx): State<Arc<Context>>,
     Path(name): Path<String>,
     body: String,
-) -> Result<Json<Delivered>, ApiError> {
-    ctx.hub.send_to(&name, body)?;
-    Ok(Json(Delivered { delivered: 1 }))
+) -> Result<Json<SentTo>, ApiError> {
+    let status = match ctx.hub.send_to(&name, body)? {
+        Accepted::Stored => "stored",
+        Accepted::Live | Accepted::Duplicate => "live",
+    };
+    Ok(Json(SentTo { delivered: 1, status }))
+}
+
+/// A name's inbox (issue 7).
+#[derive(Debug, Serialize)]
+struct InboxView {
+    name: String,
+    online: bool,
+    /// The seq the name's next delivery gets.
+    next_seq: u64,
+    /// Stored messages not yet acknowledged.
+    depth: u64,
+    bytes: u64,
+    /// The oldest stored message's time, ms since the Unix epoch.
+    oldest_ts_ms: Option<u64>,
+    /// Its age in milliseconds.
+    oldest_age_ms: Option<u64>,
+}
+
+async fn get_inbox(
+    State(ctx): State<Arc<Context>>,
+    Path(name): Path<String>,
+) -> Result<Json<InboxView>, ApiError> {
+    let info = ctx.hub.inbox_info(&name).await.ok_or_else(|| {
+        ApiError::NotFound(format!("{name} has no inbox: it has never connected"))
+    })?;
+    let now = millis(SystemTime::now());
+    Ok(Json(InboxView {
+        name: info.name.to_string(),
+        online: info.online,
+        next_seq: info.next_seq,
+        depth: info.depth,
+        bytes: info.bytes,
+        oldest_ts_ms: info.oldest_ts,
+        oldest_age_ms: info.oldest_ts.map(|ts| now.saturating_sub(ts)),
+    }))
+}
+
+async fn purge_inbox(
+    State(ctx): State<Arc<Context>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    ctx.hub.purge(&name)?;
+    Ok(Json(serde_json::json!({ "purged": name })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,10 +5,10 @@
 //! the client's own outbox, behind anything already queued for it.
 
 use bytes::Bytes;
-use switchboard_protocol::v1::{self, ErrorCode, Reply, Request};
+use switchboard_protocol::v1::{self, AckStatus, ErrorCode, Reply, Request};
 use switchboard_protocol::{binary, classic};
 
-use crate::hub::{Client, Hub, Outgoing, RouteError};
+use crate::hub::{Accepted, Client, Hub, OnCommit, Outgoing, RouteError, SendMeta};
 
 /// Handles one text frame from a classic client.
 pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
@@ -19,9 +19,13 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
             // `dst` exactly, as the registry is keyed by name.
             let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
             let msg = dm.msg.into_owned();
-            if let Err(error) = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame)) {
+            let sent =
+                hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), SendMeta::default());
+            if let Err(error) = sent {
                 let notice = match &error {
-                    RouteError::Offline(dst) => classic::offline_notice(dst),
+                    RouteError::Offline(dst) | RouteError::UnknownRecipient(dst) => {
+                        classic::offline_notice(dst)
+                    }
                     other => classic::error_notice(&other.to_string()),
                 };
                 reply_text(client, notice);
@@ -42,16 +46,31 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str) {
     };
     let id = request.id().map(str::to_owned);
     let outcome: Result<Option<Reply>, RouteError> = match request {
-        Request::Dm { to, text, .. } => hub.send_direct(client, &to, text).map(|()| None),
+        // Durable sends are acknowledged by `on_commit`, after the store commit.
+        Request::Dm { to, text, receipt, .. } => {
+            let meta = send_meta(client, id.as_deref(), receipt, true);
+            if let Err(error) = hub.send_direct(client, &to, text, meta) {
+                reply(client, Reply::error(id.as_deref(), error_code(&error), error.to_string()));
+            }
+            return;
+        }
+        Request::Publish { room, text, echo, .. } => {
+            let meta = send_meta(client, id.as_deref(), false, false);
+            if let Err(error) = hub.publish(client, &room, text, echo, meta) {
+                reply(client, Reply::error(id.as_deref(), error_code(&error), error.to_string()));
+            }
+            return;
+        }
+        Request::Ack { seq, .. } => {
+            hub.ack(client, seq);
+            Ok(None)
+        }
         Request::Server { text, .. } => {
             hub.to_server(client, text);
             Ok(None)
         }
-        Request::Join { room, .. } => hub.join(client, &room).map(|_| None),
+        Request::Join { room, since, .. } => hub.join(client, &room, since).map(|_| None),
         Request::Leave { room, .. } => hub.leave(client, &room).map(|()| None),
-        Request::Publish { room, text, echo, .. } => {
-            hub.publish(client, &room, text, echo).map(|_| None)
-        }
         Request::Members { room, .. } => match hub.room(&room) {
             Some(info) => Ok(Some(Reply::Members {
                 id: id.clone(),
@@ -93,11 +112,17 @@ pub(crate) fn v1_binary(hub: &Hub, client: &Client, frame: &Bytes) {
     };
     // Share the payload with the frame's allocation instead of copying it.
     let payload = frame.slice_ref(parsed.payload);
+    let id = (!parsed.id.is_empty()).then_some(parsed.id);
     let outcome = match parsed.target {
-        binary::Target::Client(to) => hub.send_binary(client, to, payload).map(|()| None),
+        binary::Target::Client(to) => {
+            let meta = send_meta(client, id, false, true);
+            if let Err(error) = hub.send_binary(client, to, payload, meta) {
+                reply(client, Reply::error(id, error_code(&error), error.to_string()));
+            }
+            return;
+        }
         binary::Target::Room(room) => hub.publish_binary(client, room, payload).map(|_| None),
     };
-    let id = (!parsed.id.is_empty()).then_some(parsed.id);
     answer(client, id, outcome);
 }
 
@@ -132,12 +157,39 @@ fn request_id(text: &str) -> Option<String> {
     value.get("id")?.as_str().map(str::to_owned)
 }
 
+/// The hub's side of a client's send: its id (for deduplication and
+/// receipts) and, when it has one, the ack to push once the send is durable.
+/// `with_status` adds whether it went live or was stored (sends to one client).
+fn send_meta(client: &Client, id: Option<&str>, receipt: bool, with_status: bool) -> SendMeta {
+    let on_commit = id.map(|id| -> OnCommit {
+        let outbox = client.outbox().clone();
+        let id = id.to_owned();
+        Box::new(move |outcome| {
+            let reply = match outcome {
+                Ok(accepted) => Reply::Ack {
+                    status: match accepted {
+                        Accepted::Duplicate => Some(AckStatus::Duplicate),
+                        _ if !with_status => None,
+                        Accepted::Live => Some(AckStatus::Live),
+                        Accepted::Stored => Some(AckStatus::Stored),
+                    },
+                    id,
+                },
+                Err(error) => Reply::error(Some(&id), error_code(&error), error.to_string()),
+            };
+            // A full outbox closes the client; the ack is lost with the connection.
+            let _ = outbox.push(Outgoing::Text(reply.encode()));
+        })
+    });
+    SendMeta { id: id.map(str::to_owned), receipt, on_commit }
+}
+
 fn answer(client: &Client, id: Option<&str>, outcome: Result<Option<Reply>, RouteError>) {
     match outcome {
         Ok(Some(answer)) => reply(client, answer),
         Ok(None) => {
             if let Some(id) = id {
-                reply(client, Reply::Ack { id: id.to_owned() });
+                reply(client, Reply::Ack { id: id.to_owned(), status: None });
             }
         }
         Err(error) => reply(client, Reply::error(id, error_code(&error), error.to_string())),
@@ -151,7 +203,9 @@ pub(crate) fn error_code(error: &RouteError) -> ErrorCode {
         RouteError::InvalidName { .. } => ErrorCode::InvalidName,
         RouteError::NotMember(_) | RouteError::NoSuchRoom(_) => ErrorCode::NotMember,
         RouteError::LimitReached(_) => ErrorCode::LimitReached,
-        RouteError::ClusterUnavailable => ErrorCode::Unavailable,
+        RouteError::UnknownRecipient(_) => ErrorCode::UnknownRecipient,
+        RouteError::InboxFull(_) => ErrorCode::InboxFull,
+        RouteError::ClusterUnavailable | RouteError::StoreUnavailable(_) => ErrorCode::Unavailable,
     }
 }
 

@@ -58,6 +58,9 @@ pub enum HandshakeError {
     /// A connection cap is reached.
     #[error("{0}")]
     Capped(CapError),
+    /// `?resume=` is not a sequence number, or is given to a classic client.
+    #[error("invalid resume parameter: {0}")]
+    InvalidResume(&'static str),
 }
 
 impl IntoResponse for HandshakeError {
@@ -65,7 +68,8 @@ impl IntoResponse for HandshakeError {
         let status = match &self {
             HandshakeError::NotWebSocket(_)
             | HandshakeError::MissingName
-            | HandshakeError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            | HandshakeError::InvalidName(_)
+            | HandshakeError::InvalidResume(_) => StatusCode::BAD_REQUEST,
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NameTaken(_) => StatusCode::CONFLICT,
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -126,6 +130,21 @@ fn requested_name<B>(request: &Request<B>) -> Option<String> {
     (!super::auth::is_browser_origin(origin) && !origin.is_empty()).then(|| origin.to_owned())
 }
 
+/// Issue 7: `?resume=SEQ`, a v1 session that acknowledges deliveries itself
+/// and has every delivery up to SEQ already.
+fn requested_resume<B>(request: &Request<B>) -> Result<Option<u64>, HandshakeError> {
+    let Some(query) = request.uri().query() else { return Ok(None) };
+    let Some((_, value)) =
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "resume")
+    else {
+        return Ok(None);
+    };
+    value
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| HandshakeError::InvalidResume("expected ?resume=SEQ, a non-negative integer"))
+}
+
 fn wants_v1(headers: &HeaderMap) -> bool {
     header_has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL_V1)
 }
@@ -184,6 +203,12 @@ async fn accept<B>(
     };
     let name = ctx.hub.client_name(&raw_name).map_err(HandshakeError::InvalidName)?;
     let protocol = if wants_v1(request.headers()) { Protocol::V1 } else { Protocol::Classic };
+    let resume = requested_resume(request)?;
+    if resume.is_some() && protocol == Protocol::Classic {
+        return Err(HandshakeError::InvalidResume(
+            "resume needs protocol v1 (Sec-WebSocket-Protocol: switchboard.v1)",
+        ));
+    }
     // The welcome is queued before the name becomes visible to senders, so it
     // precedes anything routed to the client.
     let welcome = |client: &Client| {
@@ -209,7 +234,7 @@ async fn accept<B>(
     ctx.hub.claim(&name).await.map_err(HandshakeError::NameTaken)?;
     let (registration, outbox) = ctx
         .hub
-        .register_with(name.clone(), addr, protocol, welcome)
+        .register_session(name.clone(), addr, protocol, resume, welcome)
         .map_err(HandshakeError::NameTaken)?;
     if let Some(rooms) = grant.as_ref().and_then(|grant| grant.rooms.clone()) {
         // Before the 101: the client cannot send a join until the upgrade.

@@ -238,6 +238,7 @@ fn reason_label(reason: &CloseReason) -> &'static str {
         CloseReason::Dropped(_) => "dropped",
         CloseReason::TokenExpired => "token_expired",
         CloseReason::IdleTimeout { .. } => "idle_timeout",
+        CloseReason::Internal(_) => "internal",
     }
 }
 

@@ -98,6 +98,24 @@ pub async fn run_with_hub(
     // Read the certificate before serving anything: a bad file is fatal now,
     // not a failure at each client's handshake.
     let tls = tls::acceptor(&config)?;
+    // --- durability (issue 7): open the store (and restore the hub's state
+    // from it) before serving anything; a store that cannot open is fatal.
+    let store = match config.store_config() {
+        Some(store_config) => {
+            let dir = store_config.data_dir.display().to_string();
+            let listener = hub.store_listener();
+            let (store, snapshot) = tokio::task::spawn_blocking(move || {
+                crate::store::Store::open(store_config, listener)
+            })
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("cannot open the message store: {e}")))?;
+            tracing::info!(data_dir = %dir, names = snapshot.names.len(), "message store open");
+            hub.attach_store(store.clone(), snapshot);
+            Some(store)
+        }
+        None => None,
+    };
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let drain = config.drain_timeout();
@@ -138,6 +156,10 @@ pub async fn run_with_hub(
     if let Some(task) = bus_task {
         bus_token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    // --- durability (issue 7): commit what is queued, then stop the thread.
+    if let Some(store) = store {
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
     tracing::info!("shutdown complete");
     Ok(())

@@ -31,7 +31,10 @@ use super::dispatch;
 use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
 use crate::hub::rate::TokenBucket;
-use crate::hub::{Client, CloseReason, Hub, OutboxReceiver, Outgoing, Protocol, Registration};
+use crate::hub::{
+    entry_message, Client, CloseReason, Hub, OutboxReceiver, Outgoing, Protocol, Registration,
+    Replay,
+};
 
 /// How long the reader waits for the client's close frame after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -129,7 +132,7 @@ pub(crate) async fn run<S>(
     let writer = tokio::spawn(write_loop(
         sink,
         outbox,
-        client.protocol(),
+        Written { hub: hub.clone(), client: client.clone(), stored_upto: 0 },
         settings.clone(),
         activity.clone(),
         shutdown.clone(),
@@ -188,6 +191,14 @@ where
             since_yield = 0;
             for _ in 0..BUDGET_PER_FRAME {
                 tokio::task::coop::consume_budget().await;
+            }
+        }
+        // Issue 7: when the store falls behind, stop reading (TCP pushes
+        // back on the sender) instead of queueing without bound.
+        if let Some(store) = hub.store().filter(|store| store.congested()) {
+            tokio::select! {
+                () = store.uncongested() => {}
+                () = closed.as_mut(), if linger_until.is_none() => {}
             }
         }
         let frame = tokio::select! {
@@ -334,17 +345,38 @@ fn reason_for(error: tungstenite::Error, limit: usize) -> CloseReason {
 
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Frame>;
 
+/// What the writer has put on the socket, for auto-ack sessions (issue 7):
+/// after each flush, stored deliveries up to `stored_upto` are acknowledged.
+struct Written {
+    hub: Hub,
+    client: Arc<Client>,
+    stored_upto: u64,
+}
+
+impl Written {
+    fn protocol(&self) -> Protocol {
+        self.client.protocol()
+    }
+
+    /// Called after a successful flush.
+    fn flushed(&mut self) {
+        if self.stored_upto > 0 {
+            self.hub.written(&self.client, self.stored_upto);
+            self.stored_upto = 0;
+        }
+    }
+}
+
 async fn write_loop<S>(
     mut sink: Sink<S>,
     mut outbox: OutboxReceiver,
-    protocol: Protocol,
+    mut written: Written,
     settings: SessionSettings,
     activity: Arc<Activity>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut seq = 0u64;
     let check_every =
         (settings.ping_interval.min(settings.pong_timeout) / 2).max(Duration::from_millis(100));
     let mut keepalive = tokio::time::interval(check_every);
@@ -361,13 +393,13 @@ async fn write_loop<S>(
             () = cancelled.as_mut() => break 'run true,
             item = outbox.recv() => {
                 let Some(item) = item else { return };
-                let written = tokio::select! {
+                let result = tokio::select! {
                     biased;
                     () = closed.as_mut() => break 'run false,
-                    result = write_batch(&mut sink, &mut outbox, item, protocol, &mut seq) => result,
+                    result = write_batch(&mut sink, &mut outbox, item, &mut written) => result,
                 };
-                if let Err(error) = written {
-                    closer.close(CloseReason::Dropped(error.to_string()));
+                if let Err(reason) = result {
+                    closer.close(reason);
                     return;
                 }
             }
@@ -390,8 +422,7 @@ async fn write_loop<S>(
     if shutting_down {
         let deadline = tokio::time::Instant::now() + settings.drain_timeout;
         let drained =
-            tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, protocol, &mut seq))
-                .await;
+            tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, &mut written)).await;
         if drained.is_err() {
             tracing::warn!("drain timeout: closing with messages still queued");
         }
@@ -401,11 +432,8 @@ async fn write_loop<S>(
         let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
         if !reason.discards_queue() {
             let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-            let _ = tokio::time::timeout_at(
-                deadline,
-                drain(&mut sink, &mut outbox, protocol, &mut seq),
-            )
-            .await;
+            let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, &mut written))
+                .await;
         }
         if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
             send_close(&mut sink, &reason).await;
@@ -419,39 +447,76 @@ async fn write_batch<S>(
     sink: &mut Sink<S>,
     outbox: &mut OutboxReceiver,
     first: Outgoing,
-    protocol: Protocol,
-    seq: &mut u64,
-) -> Result<(), tungstenite::Error>
+    written: &mut Written,
+) -> Result<(), CloseReason>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Counted locally, added to /metrics once per batch.
     let mut counts = OutCounts::default();
-    if let Some(frame) = encode_counted(first, protocol, seq, &mut counts) {
-        sink.feed(frame).await?;
-    }
-    for _ in 1..MAX_BATCH {
-        let Some(item) = outbox.try_recv() else { break };
-        if let Some(frame) = encode_counted(item, protocol, seq, &mut counts) {
-            sink.feed(frame).await?;
+    let mut next = Some(first);
+    let mut fed = 0;
+    while let Some(item) = next.take() {
+        match item {
+            Outgoing::Replay(replay) => replay_stored(sink, replay, written, &mut counts).await?,
+            item => {
+                if let Some(frame) = encode_counted(item, written, &mut counts) {
+                    sink.feed(frame).await.map_err(dropped)?;
+                }
+            }
+        }
+        fed += 1;
+        if fed < MAX_BATCH {
+            next = outbox.try_recv();
         }
     }
     metrics::global().add_out(&counts);
-    sink.flush().await
+    sink.flush().await.map_err(dropped)?;
+    written.flushed();
+    Ok(())
+}
+
+fn dropped(error: tungstenite::Error) -> CloseReason {
+    CloseReason::Dropped(error.to_string())
+}
+
+/// Writes the stored messages a session starts with (issue 7), in seq
+/// order, ahead of anything routed to it since.
+async fn replay_stored<S>(
+    sink: &mut Sink<S>,
+    replay: Replay,
+    written: &mut Written,
+    counts: &mut OutCounts,
+) -> Result<(), CloseReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let entries = match replay.entries.await {
+        Ok(Ok(entries)) => entries,
+        Ok(Err(error)) => {
+            tracing::error!(name = %written.client.name(), %error, "cannot read stored messages");
+            return Err(CloseReason::Internal("cannot read stored messages".into()));
+        }
+        Err(_) => return Err(CloseReason::Internal("message store closed".into())),
+    };
+    let name = written.client.name().clone();
+    for entry in entries {
+        let Some((message, seq)) = entry_message(&name, entry) else { continue };
+        let item = Outgoing::Deliver { message, seq, stored: true };
+        if let Some(frame) = encode_counted(item, written, counts) {
+            sink.feed(frame).await.map_err(dropped)?;
+        }
+    }
+    Ok(())
 }
 
 /// [`encode`], counting the frame for `/metrics`.
-fn encode_counted(
-    item: Outgoing,
-    protocol: Protocol,
-    seq: &mut u64,
-    counts: &mut OutCounts,
-) -> Option<Frame> {
+fn encode_counted(item: Outgoing, written: &mut Written, counts: &mut OutCounts) -> Option<Frame> {
     let kind = match item {
-        Outgoing::Deliver(_) => OutKind::Delivery,
+        Outgoing::Deliver { .. } | Outgoing::Replay(_) => OutKind::Delivery,
         Outgoing::Text(_) | Outgoing::Binary(_) => OutKind::Reply,
     };
-    let frame = encode(item, protocol, seq)?;
+    let frame = encode(item, written)?;
     let len = match &frame {
         Frame::Text(text) => text.len(),
         Frame::Binary(data) => data.len(),
@@ -461,21 +526,21 @@ fn encode_counted(
     Some(frame)
 }
 
-async fn drain<S>(
-    sink: &mut Sink<S>,
-    outbox: &mut OutboxReceiver,
-    protocol: Protocol,
-    seq: &mut u64,
-) where
+/// Writes what is queued (at shutdown, or before a close that keeps the
+/// queue). Stored messages not yet replayed stay stored for the next session.
+async fn drain<S>(sink: &mut Sink<S>, outbox: &mut OutboxReceiver, written: &mut Written)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(item) = outbox.try_recv() {
-        let Some(frame) = encode(item, protocol, seq) else { continue };
+        let Some(frame) = encode(item, written) else { continue };
         if sink.feed(frame).await.is_err() {
             return;
         }
     }
-    let _ = sink.flush().await;
+    if sink.flush().await.is_ok() {
+        written.flushed();
+    }
 }
 
 async fn send_close<S>(sink: &mut Sink<S>, reason: &CloseReason)
@@ -492,23 +557,27 @@ where
     let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(Frame::Close(Some(frame)))).await;
 }
 
-/// Turns an outbox item into this client's frame, stamping `seq` on v1 deliveries.
-fn encode(item: Outgoing, protocol: Protocol, seq: &mut u64) -> Option<Frame> {
+/// Turns an outbox item into this client's frame; v1 deliveries carry the
+/// seq the hub assigned, and stored ones are noted for the auto-ack.
+fn encode(item: Outgoing, written: &mut Written) -> Option<Frame> {
     match item {
         Outgoing::Text(text) => Some(Frame::Text(Utf8Bytes::from(text))),
         Outgoing::Binary(bytes) => Some(Frame::Binary(bytes)),
-        Outgoing::Deliver(message) => match protocol {
-            Protocol::Classic => match message.classic_binary() {
-                Some(payload) => Some(Frame::Binary(payload)),
-                None => message.into_classic_frame().map(Frame::Text),
-            },
-            Protocol::V1 => {
-                *seq += 1;
-                match message.v1_text(*seq) {
-                    Some(text) => Some(Frame::Text(Utf8Bytes::from(text))),
-                    None => message.v1_binary(*seq).map(Frame::Binary),
-                }
+        Outgoing::Replay(_) => None,
+        Outgoing::Deliver { message, seq, stored } => {
+            if stored {
+                written.stored_upto = written.stored_upto.max(seq);
             }
-        },
+            match written.protocol() {
+                Protocol::Classic => match message.classic_binary() {
+                    Some(payload) => Some(Frame::Binary(payload)),
+                    None => message.into_classic_frame().map(Frame::Text),
+                },
+                Protocol::V1 => match message.v1_text(seq) {
+                    Some(text) => Some(Frame::Text(Utf8Bytes::from(text))),
+                    None => message.v1_binary(seq).map(Frame::Binary),
+                },
+            }
+        }
     }
 }

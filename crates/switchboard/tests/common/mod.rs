@@ -86,9 +86,24 @@ impl Drop for TestServer {
     }
 }
 
-/// Defaults, but quick to shut down.
+/// Defaults (a durable store, issue 7), but quick to shut down, with a
+/// data directory of the test's own.
 pub fn test_config() -> Config {
-    Config { drain_timeout_secs: 2, ..Config::default() }
+    Config { drain_timeout_secs: 2, data_dir: temp_data_dir(), ..Config::default() }
+}
+
+/// A fresh, empty data directory under cargo's per-target temp dir
+/// (`target/tmp`, removed by `cargo clean`).
+pub fn temp_data_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let unique = format!(
+        "switchboard-data-{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    );
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique)
 }
 
 pub fn urlencode(s: &str) -> String {
@@ -243,4 +258,25 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+// --- durability (issue 7) ---
+
+/// Connects with protocol v1 to `url` (the in-process server's or a child
+/// process's, with any query such as `&resume=N`), checks the subprotocol
+/// and returns the client with its welcome.
+pub async fn v1_url(url: &str) -> (WsClient, serde_json::Value) {
+    let mut request = url.into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("switchboard.v1"));
+    let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("v1 connect");
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").map(|v| v.as_bytes()),
+        Some(&b"switchboard.v1"[..])
+    );
+    let mut client = WsClient { socket };
+    let welcome = client.recv_json().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (client, welcome)
 }

@@ -19,8 +19,16 @@ impl ServerProcess {
     /// Starts `switchboard serve --listen 127.0.0.1:0 EXTRA...` and waits for its
     /// "listening" log line to learn the port.
     pub async fn start(extra: &[&str]) -> ServerProcess {
+        // Issue 7: a store of its own unless the test chose one (or none).
+        let own_store = !extra.iter().any(|arg| *arg == "--data-dir" || *arg == "--ephemeral");
+        let data_dir = own_store.then(super::temp_data_dir);
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(
+                data_dir
+                    .iter()
+                    .flat_map(|dir| [std::ffi::OsStr::new("--data-dir"), dir.as_os_str()]),
+            )
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

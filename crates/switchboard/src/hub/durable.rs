@@ -1,0 +1,529 @@
+//! The hub's durable side (issue 7): stored deliveries, acknowledgements,
+//! replay at connect, deduplication of retried sends, receipts and room
+//! history.
+//!
+//! The hub decides *what* is kept and hands it to the [`Store`], which
+//! decides *how* (one SQLite transaction per batch). The rules:
+//! - DMs, binary DMs, operator messages to one client, operator broadcasts
+//!   and receipts are **stored** in the recipient's inbox before the sender
+//!   is acknowledged; presence and room traffic are not (rooms keep a
+//!   history instead, replayed on `join` with `since`).
+//! - A name is **known** once it has connected; a known name that is offline
+//!   still receives (stored) messages; an unknown name is an error.
+//! - An entry leaves the inbox when the recipient acknowledges it: a
+//!   client-ack session sends `ack` frames, an auto-ack session (classic,
+//!   browsers, v1 without `resume`) acknowledges what the writer has put on
+//!   the socket.
+//! - A sender's client ids are remembered for [`HubLimits::dedup_window`]:
+//!   a retried id is acknowledged as a duplicate and not delivered again.
+//!
+//! [`HubLimits::dedup_window`]: super::HubLimits::dedup_window
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use switchboard_protocol::v1::Since;
+use switchboard_protocol::{ClientName, RoomName};
+
+use super::inbox::Inbox;
+use super::message::{now_ms, Body, Message};
+use super::outbox::{Outgoing, Replay};
+use super::{Client, Hub, RouteError, Shared, State};
+use crate::store::{
+    Entry, InboxStats, Op, Receipt, Record, RecordKind, RoomRecord, Snapshot, Store, StoreListener,
+};
+
+/// How the hub took a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Queued to the recipient's live session (and stored, when durable).
+    Live,
+    /// The recipient is offline: stored for its next session.
+    Stored,
+    /// A retry of a client id this sender used recently: not delivered again.
+    Duplicate,
+}
+
+/// How a session acknowledges stored deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// An entry is acknowledged once written to the socket.
+    Auto,
+    /// The client acknowledges with `ack` frames (it connected with `resume`).
+    Client,
+}
+
+/// Answers a sender once its message is committed (or failed to be).
+pub type OnCommit = Box<dyn FnOnce(Result<Accepted, RouteError>) + Send>;
+
+/// What the hub needs to know about a client's send besides its content.
+#[derive(Default)]
+pub struct SendMeta {
+    /// The client's id for the message: deduplication, receipts and acks.
+    pub id: Option<String>,
+    /// Send a receipt to the sender when the recipient acknowledges it.
+    pub receipt: bool,
+    /// Runs once the message is durable (at once when nothing is stored).
+    /// Not run when the send fails: the caller reports that error itself.
+    pub on_commit: Option<OnCommit>,
+}
+
+impl std::fmt::Debug for SendMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendMeta")
+            .field("id", &self.id)
+            .field("receipt", &self.receipt)
+            .field("on_commit", &self.on_commit.is_some())
+            .finish()
+    }
+}
+
+/// Who a stored delivery is from, as far as receipts are concerned.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Origin<'a> {
+    pub(crate) id: Option<&'a str>,
+    pub(crate) receipt: bool,
+}
+
+impl Origin<'_> {
+    /// The operator: no id, no receipt.
+    pub(crate) const OPERATOR: Origin<'static> = Origin { id: None, receipt: false };
+}
+
+/// One name's inbox, for the operator API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxInfo {
+    /// The name.
+    pub name: ClientName,
+    /// Connected to this node now.
+    pub online: bool,
+    /// The next seq the name will get.
+    pub next_seq: u64,
+    /// Stored, unacknowledged entries.
+    pub depth: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The oldest entry's time, ms since the Unix epoch.
+    pub oldest_ts: Option<u64>,
+}
+
+/// A room's recent messages.
+#[derive(Debug, Default)]
+pub(crate) struct RoomHistory {
+    next_rseq: u64,
+    recent: VecDeque<Arc<Message>>,
+}
+
+impl RoomHistory {
+    /// The kept messages after `since`, oldest first.
+    pub(crate) fn since(&self, since: Since) -> impl Iterator<Item = &Arc<Message>> {
+        self.recent.iter().filter(move |message| match since {
+            Since::Rseq(after) => match message.body() {
+                Body::Room { rseq: Some(rseq), .. } => *rseq > after,
+                _ => false,
+            },
+            Since::Ts(after) => message.ts() > after,
+        })
+    }
+}
+
+impl Hub {
+    /// Issue 7: makes this hub durable with `store`, restoring the known
+    /// names, their seq counters and inbox sizes, room histories and recent
+    /// client ids from `snapshot`. Call before serving; a second call is
+    /// ignored (returns false).
+    pub fn attach_store(&self, store: Store, snapshot: Snapshot) -> bool {
+        if self.shared.store.set(store.clone()).is_err() {
+            return false;
+        }
+        let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
+        let now = now_ms();
+        let mut state = self.state();
+        let mut total = 0;
+        for known in snapshot.names {
+            let Ok(name) = self.client_name(&known.name) else { continue };
+            let inbox = Inbox::new(name.clone(), Some(store.clone()), known.next_seq);
+            {
+                let mut inner = inbox.lock();
+                inner.depth = known.depth;
+                inner.bytes = known.bytes;
+                // The lease on disk already covers everything below next_seq.
+                inner.leased = known.next_seq.saturating_sub(1);
+            }
+            total += known.bytes;
+            state.inboxes.insert(name, Arc::new(inbox));
+        }
+        for (sender, id) in snapshot.recent_ids {
+            if let Some(inbox) = state.inboxes.get(sender.as_str()) {
+                inbox.lock().recent.insert(&id, now, window_ms);
+            }
+        }
+        for (room, records) in snapshot.rooms {
+            let Ok(room) = self.room_name(&room) else { continue };
+            let mut history = RoomHistory::default();
+            for record in records {
+                history.next_rseq = history.next_rseq.max(record.rseq);
+                let from = record.from.and_then(|from| self.client_name(&from).ok());
+                let body = Body::Room {
+                    room: room.clone(),
+                    from,
+                    text: record.text,
+                    rseq: Some(record.rseq),
+                };
+                history.recent.push_back(Arc::new(Message::at(record.ts, body)));
+            }
+            state.histories.insert(room, history);
+        }
+        drop(state);
+        self.shared.stored_bytes.store(total, Ordering::Relaxed);
+        true
+    }
+
+    /// A listener that reports the store's changes back to this hub.
+    pub fn store_listener(&self) -> Arc<dyn StoreListener> {
+        Arc::new(Listener { hub: Arc::downgrade(&self.shared) })
+    }
+
+    /// The durable store, if any.
+    pub fn store(&self) -> Option<&Store> {
+        self.shared.store.get()
+    }
+
+    /// True when messages to offline names are stored (not `--ephemeral`).
+    pub fn is_durable(&self) -> bool {
+        self.shared.store.get().is_some()
+    }
+
+    /// The inbox a new session of `name` uses: the known name's, created on
+    /// first connect; in ephemeral mode (or past the known-name limit) one
+    /// that lives only as long as the session.
+    pub(super) fn inbox_for_session(&self, state: &mut State, name: &ClientName) -> Arc<Inbox> {
+        let store = self.shared.store.get();
+        if let Some(inbox) = state.inboxes.get(name) {
+            return inbox.clone();
+        }
+        let known = match store {
+            Some(store) if state.inboxes.len() < self.shared.limits.max_known_names => {
+                let _ = store.submit(Op::Touch { name: name.to_string() });
+                Some(store.clone())
+            }
+            Some(_) => {
+                tracing::warn!(%name, "known-name limit reached: this name's messages are not stored");
+                None
+            }
+            None => None,
+        };
+        let inbox = Arc::new(Inbox::new(name.clone(), known, 1));
+        state.inboxes.insert(name.clone(), inbox.clone());
+        inbox
+    }
+
+    /// Links the inbox to `client`'s outbox and, when entries are stored,
+    /// queues their replay right behind what the outbox holds (the welcome).
+    pub(super) fn go_live(&self, client: &Arc<Client>, resume: Option<u64>) {
+        let inbox = &client.inbox;
+        let mut state = inbox.lock();
+        let cutoff = state.next_seq - 1;
+        state.live = Some((client.session, client.outbox.clone()));
+        let Some(store) = inbox.store() else { return };
+        if state.depth == 0 {
+            return;
+        }
+        let after = resume.unwrap_or(0).min(cutoff);
+        let entries = store.replay(client.name.as_str(), after, cutoff, resume.is_some());
+        let _ = client.outbox.push(Outgoing::Replay(Replay { entries }));
+    }
+
+    /// Unlinks a leaving session from its inbox; in ephemeral mode (or for a
+    /// name that is not known) the inbox goes with it.
+    pub(super) fn go_offline(&self, state: &mut State, client: &Client) {
+        let mut inbox = client.inbox.lock();
+        if inbox.live.as_ref().is_some_and(|(session, _)| *session == client.session) {
+            inbox.live = None;
+        }
+        drop(inbox);
+        if client.inbox.store().is_none() {
+            state.inboxes.remove(&client.name);
+        }
+    }
+
+    /// Delivers `message` to one inbox: with a durable store and a storable
+    /// message, appended to the store first (before anything could
+    /// acknowledge it), then pushed to the live session if there is one.
+    pub(crate) fn deliver_kept(
+        &self,
+        inbox: &Inbox,
+        message: &Arc<Message>,
+        origin: Origin<'_>,
+    ) -> Result<Accepted, RouteError> {
+        let name = inbox.name();
+        let record = inbox.store().and_then(|_| record_for(message));
+        let mut state = inbox.lock();
+        let (Some(store), Some(record)) = (inbox.store(), record) else {
+            if state.live.is_none() {
+                return Err(RouteError::Offline(name.to_string()));
+            }
+            let seq = inbox.take_seq(&mut state);
+            return match state.push_live(message, seq, false) {
+                Ok(_) => Ok(Accepted::Live),
+                Err(_) => Err(RouteError::RecipientOverflow(name.to_string())),
+            };
+        };
+        let limits = &self.shared.limits;
+        let size = record.size() as u64;
+        if state.depth + 1 > limits.inbox_max_messages
+            || state.bytes + size > limits.inbox_max_bytes
+        {
+            return Err(RouteError::InboxFull(format!(
+                "{name}'s inbox is full ({} stored messages, {} bytes; limits {} and {}): \
+                 it must connect and acknowledge first",
+                state.depth, state.bytes, limits.inbox_max_messages, limits.inbox_max_bytes
+            )));
+        }
+        if self.shared.stored_bytes.load(Ordering::Relaxed) + size > limits.store_max_bytes {
+            return Err(RouteError::InboxFull(format!(
+                "the message store is full ({} bytes)",
+                limits.store_max_bytes
+            )));
+        }
+        let seq = inbox.take_seq(&mut state);
+        let append = Op::Append {
+            name: name.to_string(),
+            seq,
+            record,
+            client_id: origin.id.map(str::to_owned),
+            receipt: origin.receipt && origin.id.is_some(),
+        };
+        store.submit(append).map_err(|error| RouteError::StoreUnavailable(error.to_string()))?;
+        state.depth += 1;
+        state.bytes += size;
+        self.shared.stored_bytes.fetch_add(size, Ordering::Relaxed);
+        let online = state.live.is_some();
+        // An overflowing session is being closed; the entry waits for the next one.
+        let _ = state.push_live(message, seq, true);
+        Ok(if online { Accepted::Live } else { Accepted::Stored })
+    }
+
+    /// Runs a client's send with deduplication and the commit answer:
+    /// `route` does the routing, `meta.on_commit` hears the outcome once it
+    /// is durable.
+    pub(super) fn send_as(
+        &self,
+        from: &Client,
+        mut meta: SendMeta,
+        route: impl FnOnce(&Hub, Origin<'_>) -> Result<Accepted, RouteError>,
+    ) -> Result<Accepted, RouteError> {
+        if let Some(id) = &meta.id {
+            if from.inbox.lock().recent.contains(id) {
+                if let Some(answer) = meta.on_commit.take() {
+                    answer(Ok(Accepted::Duplicate));
+                }
+                return Ok(Accepted::Duplicate);
+            }
+        }
+        let origin = Origin { id: meta.id.as_deref(), receipt: meta.receipt };
+        let accepted = route(self, origin)?;
+        let answer = meta.on_commit.take();
+        let Some(id) = meta.id else {
+            if let Some(answer) = answer {
+                answer(Ok(accepted));
+            }
+            return Ok(accepted);
+        };
+        let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
+        from.inbox.lock().recent.insert(&id, now_ms(), window_ms);
+        match self.shared.store.get() {
+            // The id is remembered on disk in the same or a later batch than
+            // the message, and the sender hears back only after that commit.
+            Some(store) => {
+                let then = answer.map(|answer| -> crate::store::Completion {
+                    Box::new(move |committed| {
+                        answer(if committed {
+                            Ok(accepted)
+                        } else {
+                            Err(RouteError::StoreUnavailable(
+                                "the message store failed to commit; retry".into(),
+                            ))
+                        })
+                    })
+                });
+                let sent = Op::Sent { sender: from.name.to_string(), id };
+                if let Err(error) = store.submit_then(sent, then) {
+                    tracing::warn!(%error, "could not remember a client id for deduplication");
+                }
+            }
+            None => {
+                if let Some(answer) = answer {
+                    answer(Ok(accepted));
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// A client-ack session acknowledges every delivery up to `seq`.
+    pub fn ack(&self, client: &Client, seq: u64) {
+        let Some(store) = client.inbox.store() else { return };
+        let upto = seq.min(client.inbox.lock().next_seq.saturating_sub(1));
+        if upto > 0 {
+            let _ = store.submit(Op::Ack { name: client.name.to_string(), upto });
+        }
+    }
+
+    /// An auto-ack session's writer put every stored delivery up to `seq`
+    /// on the socket.
+    pub fn written(&self, client: &Client, seq: u64) {
+        if client.ack_mode == AckMode::Auto {
+            if let Some(store) = client.inbox.store() {
+                let _ = store.submit(Op::Ack { name: client.name.to_string(), upto: seq });
+            }
+        }
+    }
+
+    /// Deletes every stored entry of `name` (operator purge).
+    ///
+    /// # Errors
+    /// [`RouteError::UnknownRecipient`] when the name has no inbox.
+    pub fn purge(&self, name: &str) -> Result<(), RouteError> {
+        let inbox = self.inbox_of(name).ok_or_else(|| RouteError::UnknownRecipient(name.into()))?;
+        let Some(store) = inbox.store() else { return Ok(()) };
+        store
+            .submit(Op::Purge { name: name.to_owned() })
+            .map_err(|error| RouteError::StoreUnavailable(error.to_string()))
+    }
+
+    /// Depth and age of `name`'s inbox, or `None` for a name with no inbox.
+    pub async fn inbox_info(&self, name: &str) -> Option<InboxInfo> {
+        let inbox = self.inbox_of(name)?;
+        let (online, next_seq) = {
+            let state = inbox.lock();
+            (state.live.is_some(), state.next_seq)
+        };
+        // The store's figures, not the hub's running estimate: they account
+        // for acknowledgements still in flight.
+        let stats = match inbox.store() {
+            Some(store) => store.inbox_stats(name).await.unwrap_or_default(),
+            None => InboxStats::default(),
+        };
+        Some(InboxInfo {
+            name: inbox.name().clone(),
+            online,
+            next_seq,
+            depth: stats.depth,
+            bytes: stats.bytes,
+            oldest_ts: stats.oldest_ts,
+        })
+    }
+
+    /// Builds a room message with the room's next rseq and keeps it in the
+    /// room's history (memory, and the store when durable).
+    pub(super) fn record_in_history(
+        &self,
+        state: &mut State,
+        room: RoomName,
+        body: impl FnOnce(RoomName, Option<u64>) -> Body,
+    ) -> Arc<Message> {
+        let keep = self.shared.limits.room_history;
+        let may_add = state.histories.len() < self.shared.limits.max_history_rooms;
+        let history = match state.histories.get_mut(&room) {
+            Some(history) if keep > 0 => history,
+            None if keep > 0 && may_add => state.histories.entry(room.clone()).or_default(),
+            _ => return Arc::new(Message::new(body(room, None))),
+        };
+        history.next_rseq += 1;
+        let rseq = history.next_rseq;
+        let message = Arc::new(Message::new(body(room.clone(), Some(rseq))));
+        if history.recent.len() >= keep {
+            history.recent.pop_front();
+        }
+        history.recent.push_back(message.clone());
+        if let (Some(store), Body::Room { from, text, .. }) =
+            (self.shared.store.get(), message.body())
+        {
+            let record = RoomRecord {
+                rseq,
+                ts: message.ts(),
+                from: from.as_ref().map(ToString::to_string),
+                text: text.clone(),
+            };
+            let _ = store.submit(Op::RoomAppend { room: room.to_string(), record });
+        }
+        message
+    }
+
+    /// Routes receipts owed after acknowledgements to their senders.
+    fn route_receipts(&self, receipts: Vec<Receipt>) {
+        for receipt in receipts {
+            let Ok(to) = self.client_name(&receipt.to) else { continue };
+            let Some(inbox) = self.inbox_of(&receipt.sender) else { continue };
+            let message = Arc::new(Message::new(Body::Receipt { id: receipt.id, to }));
+            if let Err(error) = self.deliver_kept(&inbox, &message, Origin::OPERATOR) {
+                tracing::warn!(sender = %receipt.sender, %error, "delivery receipt dropped");
+            }
+        }
+    }
+}
+
+/// What the store keeps of a message, or `None` for messages not stored.
+fn record_for(message: &Message) -> Option<Record> {
+    let ts = message.ts();
+    let (kind, from, text, payload) = match message.body() {
+        Body::Direct { from, text, .. } => {
+            (RecordKind::Direct, Some(from.to_string()), text.clone(), None)
+        }
+        Body::Server { text, broadcast: false } => (RecordKind::Server, None, text.clone(), None),
+        Body::Server { text, broadcast: true } => (RecordKind::Broadcast, None, text.clone(), None),
+        Body::Binary { from, room: None, payload } => {
+            (RecordKind::Binary, Some(from.to_string()), String::new(), Some(payload.clone()))
+        }
+        Body::Receipt { id, to } => (RecordKind::Receipt, Some(to.to_string()), id.clone(), None),
+        Body::Room { .. } | Body::Presence { .. } | Body::Binary { room: Some(_), .. } => {
+            return None
+        }
+    };
+    Some(Record { kind, ts, from, text, payload })
+}
+
+/// A stored entry of `name`'s inbox as the message it was, with its seq.
+pub fn entry_message(name: &ClientName, entry: Entry) -> Option<(Arc<Message>, u64)> {
+    let Entry { seq, record } = entry;
+    let from = record.from.as_deref().and_then(|from| ClientName::parse(from).ok());
+    let body = match record.kind {
+        RecordKind::Direct => Body::Direct { from: from?, to: name.clone(), text: record.text },
+        RecordKind::Server => Body::Server { text: record.text, broadcast: false },
+        RecordKind::Broadcast => Body::Server { text: record.text, broadcast: true },
+        RecordKind::Binary => {
+            Body::Binary { from: from?, room: None, payload: record.payload.unwrap_or_default() }
+        }
+        RecordKind::Receipt => Body::Receipt { id: record.text, to: from? },
+    };
+    Some((Arc::new(Message::at(record.ts, body)), seq))
+}
+
+/// Reports the store's changes to the hub; holds it weakly so that the
+/// store thread does not keep a dropped hub alive.
+struct Listener {
+    hub: Weak<Shared>,
+}
+
+impl StoreListener for Listener {
+    fn removed(&self, name: &str, entries: u64, bytes: u64) {
+        let Some(shared) = self.hub.upgrade() else { return };
+        let hub = Hub { shared };
+        if let Some(inbox) = hub.inbox_of(name) {
+            let mut state = inbox.lock();
+            state.depth = state.depth.saturating_sub(entries);
+            state.bytes = state.bytes.saturating_sub(bytes);
+        }
+        let _ = hub
+            .shared
+            .stored_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+    }
+
+    fn receipts(&self, receipts: Vec<Receipt>) {
+        let Some(shared) = self.hub.upgrade() else { return };
+        Hub { shared }.route_receipts(receipts);
+    }
+}

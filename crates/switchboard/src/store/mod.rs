@@ -1,0 +1,511 @@
+//! The durable store (issue 7): per-recipient inboxes, room history and the
+//! sender-id window for deduplication, in an embedded SQLite database.
+//!
+//! The hub never waits for the disk. It *submits* operations ([`Op`]) to one
+//! store thread, which takes everything queued, applies it in one SQLite
+//! transaction (group commit), commits with the configured [`SyncPolicy`],
+//! and only then runs the operations' completions — the sender's `ack` is a
+//! completion, so no message is acknowledged before it is on disk.
+//!
+//! ```text
+//!  hub (any task) ──submit(Op, then)──► queue (bounded in bytes) ──► store thread
+//!                                                                    │ BEGIN
+//!                                                                    │ apply queued ops (≤ max_batch)
+//!                                                                    │ COMMIT (fsync per policy)
+//!                                                                    ▼ report to the listener, run completions
+//! ```
+//!
+//! **Invariants**
+//! - Operations are applied in submission order; a completion runs after its
+//!   operation's transaction has committed. Reads ([`Store::replay`],
+//!   [`Store::inbox_stats`]) end the batch they arrive in, so they see every
+//!   operation submitted before them.
+//! - An `Append` and an `Ack` that covers it in the same batch cancel out: a
+//!   message delivered and acknowledged live never touches the disk. (The
+//!   thread holds a batch's appends back until its end to make this work.)
+//! - The queue is bounded in bytes ([`StoreConfig::queue_limit_bytes`]);
+//!   beyond it [`Store::submit`] fails with [`StoreError::Overloaded`] and
+//!   the caller refuses the message with a clear error.
+//! - The store knows nothing of the hub: it stores [`Record`]s under names
+//!   and reports back through the [`StoreListener`] it is given, only after
+//!   the change has committed. A failed commit reports nothing and runs the
+//!   batch's completions with `false`; the thread carries on.
+//! - Entries older than [`StoreConfig::max_age`] and dedup ids older than
+//!   [`StoreConfig::dedup_window`] are swept every 30 s (reported as
+//!   `removed`) and once at open, before the [`Snapshot`] is read.
+//!
+//! SQLite because it is embedded (no server to run), its WAL `synchronous`
+//! levels map one to one onto [`SyncPolicy`], and `switchboard.db` can be
+//! inspected with the `sqlite3` CLI. The thread and the SQL are in
+//! `sqlite.rs`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+
+use self::sqlite::{Cmd, Read};
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+/// When a commit is forced to stable storage; see docs/durability.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPolicy {
+    /// Every group commit is fsynced before its acks are sent (SQLite WAL,
+    /// `synchronous=FULL`). Survives process crashes and power loss.
+    #[default]
+    Full,
+    /// Commits reach the OS at once, fsync only at WAL checkpoints (SQLite
+    /// `synchronous=NORMAL`). Survives a process crash (kill -9); a power
+    /// loss or kernel crash may lose the last commits.
+    Normal,
+    /// No fsync at all (`synchronous=OFF`). Survives a process crash; a power
+    /// loss may lose or corrupt recent data. For benchmarks and tests.
+    Off,
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding `switchboard.db` (created if missing).
+    pub data_dir: PathBuf,
+    /// When commits are synced.
+    pub sync: SyncPolicy,
+    /// Most operations in one transaction.
+    pub max_batch: usize,
+    /// Bytes of operations that may wait for the store thread.
+    pub queue_limit_bytes: usize,
+    /// Entries older than this are removed by the retention sweep.
+    pub max_age: Duration,
+    /// How long a (sender, client id) pair is remembered for deduplication.
+    pub dedup_window: Duration,
+    /// Room messages kept per room (0: no room history).
+    pub room_history: usize,
+}
+
+/// What kind of delivery an inbox entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A private text message (`from` set).
+    Direct,
+    /// A text from the operator to this client only.
+    Server,
+    /// A text from the operator to everyone.
+    Broadcast,
+    /// A private binary message (`from` set, `payload` set).
+    Binary,
+    /// A delivery receipt: `text` is the sender's message id, `from` the
+    /// client that acknowledged it.
+    Receipt,
+}
+
+/// One stored delivery, as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The kind.
+    pub kind: RecordKind,
+    /// Hub time when the message was accepted, ms since the Unix epoch.
+    pub ts: u64,
+    /// The sender's name (for `Direct`, `Binary`, `Receipt`).
+    pub from: Option<String>,
+    /// The text (or, for a receipt, the acknowledged message's id).
+    pub text: String,
+    /// A binary message's payload.
+    pub payload: Option<Bytes>,
+}
+
+impl Record {
+    /// Bytes this entry is charged against inbox and store limits.
+    pub fn size(&self) -> usize {
+        64 + self.text.len()
+            + self.from.as_ref().map_or(0, String::len)
+            + self.payload.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// One room-history entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    /// The room's own sequence number, +1 per stored message.
+    pub rseq: u64,
+    /// Hub time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The sender; `None` for the operator.
+    pub from: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// An inbox entry read back for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The recipient's sequence number.
+    pub seq: u64,
+    /// The delivery.
+    pub record: Record,
+}
+
+/// A delivery receipt owed to a sender: `to` acknowledged `sender`'s message `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Who sent the message and asked for the receipt.
+    pub sender: String,
+    /// The sender's client id of the message.
+    pub id: String,
+    /// The recipient who acknowledged it.
+    pub to: String,
+}
+
+/// A name's inbox as loaded at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameState {
+    /// The name.
+    pub name: String,
+    /// The next sequence number to assign (above every seq ever handed out,
+    /// stored or leased).
+    pub next_seq: u64,
+    /// Unacknowledged entries.
+    pub depth: u64,
+    /// Their bytes ([`Record::size`]).
+    pub bytes: u64,
+}
+
+/// Everything the hub needs from disk at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every known name.
+    pub names: Vec<NameState>,
+    /// Room history: each room's last entries, oldest first.
+    pub rooms: Vec<(String, Vec<RoomRecord>)>,
+    /// (sender, client id) pairs within the dedup window.
+    pub recent_ids: Vec<(String, String)>,
+}
+
+/// Depth and age of one inbox, for the operator API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InboxStats {
+    /// Unacknowledged entries.
+    pub depth: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The oldest entry's time, ms since the Unix epoch.
+    pub oldest_ts: Option<u64>,
+    /// The lowest unacknowledged seq.
+    pub first_seq: Option<u64>,
+}
+
+/// One change to the store.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Marks `name` as known (it connected), and records activity.
+    Touch {
+        /// The name.
+        name: String,
+    },
+    /// Appends a delivery to `name`'s inbox under `seq`.
+    Append {
+        /// The recipient.
+        name: String,
+        /// The recipient's sequence number for it.
+        seq: u64,
+        /// The delivery.
+        record: Record,
+        /// The sender's client id, remembered for deduplication and receipts.
+        client_id: Option<String>,
+        /// Send a receipt to `record.from` when the recipient acknowledges it.
+        receipt: bool,
+    },
+    /// Removes `name`'s entries with seq ≤ `upto` (acknowledged). Receipts
+    /// owed for them go to [`StoreListener::receipts`].
+    Ack {
+        /// The recipient.
+        name: String,
+        /// Highest acknowledged seq (cumulative).
+        upto: u64,
+    },
+    /// Records that seqs up to `upto` may have been handed out for `name`
+    /// (deliveries that are not stored still consume seqs): after a crash,
+    /// numbering resumes above it.
+    Lease {
+        /// The name.
+        name: String,
+        /// Highest seq that may be in use.
+        upto: u64,
+    },
+    /// Remembers a (sender, client id) pair for deduplication.
+    Sent {
+        /// The sender.
+        sender: String,
+        /// Its client id.
+        id: String,
+    },
+    /// Appends a room message to its history, keeping the last
+    /// [`StoreConfig::room_history`].
+    RoomAppend {
+        /// The room.
+        room: String,
+        /// The entry.
+        record: RoomRecord,
+    },
+    /// Deletes every entry of `name`'s inbox (operator purge).
+    Purge {
+        /// The name.
+        name: String,
+    },
+}
+
+/// Runs after an operation's transaction has committed (or failed:
+/// the argument is false when the commit failed).
+pub type Completion = Box<dyn FnOnce(bool) + Send>;
+
+/// How the store reports changes it made by itself or that the hub needs
+/// to hear about after commit.
+pub trait StoreListener: Send + Sync + 'static {
+    /// Entries left `name`'s inbox: acknowledged, expired by age or purged.
+    fn removed(&self, name: &str, entries: u64, bytes: u64);
+    /// Receipts owed after acknowledgements.
+    fn receipts(&self, receipts: Vec<Receipt>);
+}
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The queue to the store thread is full: the disk cannot keep up.
+    #[error("the message store is overloaded; retry later")]
+    Overloaded,
+    /// The store thread has stopped.
+    #[error("the message store is closed")]
+    Closed,
+    /// SQLite failed.
+    #[error("message store: {0}")]
+    Database(String),
+    /// The data directory could not be used.
+    #[error("data directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Handle to the store thread. Clone it freely.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The only sender: taking it out (close) or dropping the last handle
+    /// disconnects the queue, and the thread exits once it has drained it.
+    tx: RwLock<Option<mpsc::Sender<Cmd>>>,
+    shared: Arc<Shared>,
+    limit: usize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// State shared by the handles and the store thread.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes of queued operations not yet committed.
+    queued: AtomicUsize,
+    /// Signalled after every group commit.
+    drained: Notify,
+}
+
+impl Shared {
+    fn release(&self, cost: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(cost)));
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database, loads the [`Snapshot`] and starts the
+    /// store thread. Blocking: call before serving.
+    ///
+    /// Entries already past [`StoreConfig::max_age`] are deleted before the
+    /// snapshot is read, so the snapshot never counts them.
+    ///
+    /// # Errors
+    /// When the directory or database cannot be opened.
+    pub fn open(
+        config: StoreConfig,
+        listener: Arc<dyn StoreListener>,
+    ) -> Result<(Store, Snapshot), StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::Io {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let path = config.data_dir.join(DB_FILE);
+        let mut conn = sqlite::open(&path, config.sync)?;
+        let snapshot = sqlite::load(&mut conn, &config)
+            .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let limit = config.queue_limit_bytes;
+        let worker = sqlite::Worker::new(conn, rx, Arc::clone(&shared), listener, config);
+        let thread = std::thread::Builder::new()
+            .name("switchboard-store".to_owned())
+            .spawn(move || worker.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
+        let inner =
+            Inner { tx: RwLock::new(Some(tx)), shared, limit, thread: Mutex::new(Some(thread)) };
+        Ok((Store { inner: Arc::new(inner) }, snapshot))
+    }
+
+    /// Queues `op`; never blocks.
+    ///
+    /// # Errors
+    /// [`StoreError::Overloaded`] when the queue is full, [`StoreError::Closed`].
+    pub fn submit(&self, op: Op) -> Result<(), StoreError> {
+        self.submit_then(op, None)
+    }
+
+    /// Queues `op` and runs `then` once it is committed; never blocks.
+    ///
+    /// `then` runs on the store thread, after the listener has been told
+    /// about the batch: it must be quick and must not block.
+    ///
+    /// # Errors
+    /// As [`Store::submit`]; `then` is dropped unrun.
+    pub fn submit_then(&self, op: Op, then: Option<Completion>) -> Result<(), StoreError> {
+        let cost = op_cost(&op);
+        let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(tx) = tx.as_ref() else {
+            return Err(StoreError::Closed);
+        };
+        let limit = self.inner.limit;
+        let queued = &self.inner.shared.queued;
+        if queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(cost).filter(|n| *n <= limit)
+            })
+            .is_err()
+        {
+            return Err(StoreError::Overloaded);
+        }
+        if tx.send(Cmd::Op { op, then, cost }).is_err() {
+            self.inner.shared.release(cost);
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// True while the queue holds more than half its limit: readers should
+    /// wait in [`Store::uncongested`] before routing more (backpressure).
+    pub fn congested(&self) -> bool {
+        self.inner.shared.queued.load(Ordering::Acquire) > self.inner.limit / 2
+    }
+
+    /// Resolves once the queue is below half its limit.
+    pub async fn uncongested(&self) {
+        loop {
+            let notified = self.inner.shared.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a commit in between still wakes us.
+            notified.as_mut().enable();
+            if !self.congested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reads `name`'s entries with `after < seq ≤ upto`, in seq order, after
+    /// every operation submitted before this call is applied. When
+    /// `ack_through_after` is true, entries with seq ≤ `after` are deleted
+    /// first (the client said it has them).
+    ///
+    /// The deletion is reported like an [`Op::Ack`] (receipts, `removed`).
+    /// A closed store answers `Err` at once. Reads are not charged to the
+    /// queue limit.
+    pub fn replay(
+        &self,
+        name: &str,
+        after: u64,
+        upto: u64,
+        ack_through_after: bool,
+    ) -> oneshot::Receiver<Result<Vec<Entry>, String>> {
+        let (reply, rx) = oneshot::channel();
+        let read = Read::Replay { name: name.to_owned(), after, upto, ack_through_after, reply };
+        if let Err(cmd) = self.send_read(read) {
+            if let Cmd::Read(Read::Replay { reply, .. }) = *cmd {
+                let _ = reply.send(Err(StoreError::Closed.to_string()));
+            }
+        }
+        rx
+    }
+
+    /// Depth and age of `name`'s inbox, consistent with every operation
+    /// submitted before.
+    ///
+    /// The receiver fails (the sender is dropped) when the store is closed
+    /// or SQLite failed; the failure is logged.
+    pub fn inbox_stats(&self, name: &str) -> oneshot::Receiver<InboxStats> {
+        let (reply, rx) = oneshot::channel();
+        // On failure the reply sender is dropped with the command.
+        let _ = self.send_read(Read::Stats { name: name.to_owned(), reply });
+        rx
+    }
+
+    /// Runs the retention sweep now, in queue order (tests cannot wait for
+    /// the timer).
+    #[cfg(test)]
+    pub(crate) fn sweep_now(&self) {
+        let _ = self.send_read(Read::Sweep);
+    }
+
+    /// Applies everything queued, commits, and stops the thread. Blocking
+    /// (bounded by the queue); idempotent. Afterwards every submit fails
+    /// with [`StoreError::Closed`]. Called from a completion (on the store
+    /// thread) it returns at once and the thread stops after the batch.
+    pub fn close(&self) {
+        // Dropping the only sender disconnects the queue; the thread drains it.
+        drop(self.inner.tx.write().unwrap_or_else(PoisonError::into_inner).take());
+        let handle = self.inner.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            if handle.thread().id() == std::thread::current().id() {
+                return;
+            }
+            if handle.join().is_err() {
+                tracing::error!("the store thread panicked");
+            }
+        }
+    }
+
+    /// Queues a read; gives the command back when the store is closed.
+    fn send_read(&self, read: Read) -> Result<(), Box<Cmd>> {
+        let cmd = Cmd::Read(read);
+        let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
+        match tx.as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|mpsc::SendError(cmd)| Box::new(cmd)),
+            None => Err(Box::new(cmd)),
+        }
+    }
+}
+
+/// The database file inside [`StoreConfig::data_dir`].
+const DB_FILE: &str = "switchboard.db";
+
+/// Bytes an operation is charged against [`StoreConfig::queue_limit_bytes`]:
+/// a fixed overhead plus what it carries.
+fn op_cost(op: &Op) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    64 + match op {
+        Op::Touch { name } | Op::Purge { name } => name.len(),
+        Op::Ack { name, .. } | Op::Lease { name, .. } => name.len(),
+        Op::Append { name, record, client_id, .. } => name.len() + record.size() + opt(client_id),
+        Op::Sent { sender, id } => sender.len() + id.len(),
+        Op::RoomAppend { room, record } => room.len() + record.text.len() + opt(&record.from),
+    }
+}

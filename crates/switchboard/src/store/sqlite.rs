@@ -1,0 +1,671 @@
+//! The store thread and its SQL: opening and migrating the database, loading
+//! the [`Snapshot`], group commits, reads in queue order and the retention
+//! sweep. Only this thread touches the connection, so SQLite never waits on
+//! its own locks and the hub never waits on SQLite.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::{
+    Completion, Entry, InboxStats, NameState, Op, Receipt, Record, RecordKind, RoomRecord, Shared,
+    Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
+};
+
+/// `PRAGMA user_version` of the schema below; a newer file is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How often expired inbox entries and dedup ids are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a statement waits for a lock held by another process (the
+/// `sqlite3` CLI inspecting the file) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `WITHOUT ROWID` because every table is looked up by its natural key; the
+/// `ts` indexes keep the sweep a range delete instead of a full scan.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inbox (
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    sender TEXT,
+    text TEXT NOT NULL,
+    payload BLOB,
+    client_id TEXT,
+    receipt INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (name, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_ts ON inbox (ts);
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT NOT NULL PRIMARY KEY,
+    seq_lease INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS room_log (
+    room TEXT NOT NULL,
+    rseq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    sender TEXT,
+    text TEXT NOT NULL,
+    PRIMARY KEY (room, rseq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent (
+    sender TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (sender, client_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_ts ON sent (ts);
+";
+
+/// What travels from the handles to the thread.
+pub(super) enum Cmd {
+    /// A change, applied in the next group commit.
+    Op {
+        op: Op,
+        then: Option<Completion>,
+        /// Bytes charged to the queue for it.
+        cost: usize,
+    },
+    /// Anything that must see every change queued before it.
+    Read(Read),
+}
+
+/// A command that ends the current batch.
+pub(super) enum Read {
+    Replay {
+        name: String,
+        after: u64,
+        upto: u64,
+        ack_through_after: bool,
+        reply: oneshot::Sender<Result<Vec<Entry>, String>>,
+    },
+    Stats {
+        name: String,
+        reply: oneshot::Sender<InboxStats>,
+    },
+    #[cfg_attr(not(test), allow(dead_code))]
+    Sweep,
+}
+
+/// Opens the database file with the pragmas for `sync` and brings the
+/// schema up to date.
+pub(super) fn open(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreError> {
+    let db = |e: rusqlite::Error| StoreError::Database(format!("{}: {e}", path.display()));
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "{}: schema version {version} is newer than this build supports \
+             ({SCHEMA_VERSION}); run a newer switchboard or use another data directory",
+            path.display()
+        )));
+    }
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(db)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!(
+            "{}: cannot enable WAL (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    let synchronous = match sync {
+        SyncPolicy::Full => "FULL",
+        SyncPolicy::Normal => "NORMAL",
+        SyncPolicy::Off => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", synchronous).map_err(db)?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+    ))
+    .map_err(db)?;
+    Ok(conn)
+}
+
+/// Deletes what has expired (without reporting: nobody has counted it yet)
+/// and reads what the hub needs to start.
+pub(super) fn load(conn: &mut Connection, config: &StoreConfig) -> rusqlite::Result<Snapshot> {
+    let now = now_ms();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    sweep_rows(&tx, now, config)?;
+    tx.commit()?;
+
+    let mut names = Vec::new();
+    let mut stmt = conn.prepare(
+        "WITH i AS (SELECT name, MAX(seq) AS top, COUNT(*) AS depth, SUM(bytes) AS bytes
+                    FROM inbox GROUP BY name),
+              every AS (SELECT name FROM names UNION SELECT name FROM i)
+         SELECT every.name, COALESCE(names.seq_lease, 0), COALESCE(i.top, 0),
+                COALESCE(i.depth, 0), COALESCE(i.bytes, 0)
+         FROM every
+         LEFT JOIN names ON names.name = every.name
+         LEFT JOIN i ON i.name = every.name
+         ORDER BY every.name",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let lease = uint(row.get(1)?);
+        let top = uint(row.get(2)?);
+        names.push(NameState {
+            name: row.get(0)?,
+            next_seq: lease.max(top).saturating_add(1),
+            depth: uint(row.get(3)?),
+            bytes: uint(row.get(4)?),
+        });
+    }
+
+    let mut rooms = Vec::new();
+    if config.room_history > 0 {
+        let keep = int(u64::try_from(config.room_history).unwrap_or(u64::MAX));
+        let mut list = conn.prepare("SELECT DISTINCT room FROM room_log ORDER BY room")?;
+        let mut last = conn.prepare(
+            "SELECT rseq, ts, sender, text FROM room_log WHERE room = ?1
+             ORDER BY rseq DESC LIMIT ?2",
+        )?;
+        let room_names = list
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for room in room_names {
+            let mut entries = last
+                .query_map(params![room, keep], |row| {
+                    Ok(RoomRecord {
+                        rseq: uint(row.get(0)?),
+                        ts: uint(row.get(1)?),
+                        from: row.get(2)?,
+                        text: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            entries.reverse();
+            rooms.push((room, entries));
+        }
+    }
+
+    let since = int(now.saturating_sub(millis(config.dedup_window)));
+    let mut stmt = conn.prepare("SELECT sender, client_id FROM sent WHERE ts >= ?1")?;
+    let recent_ids = stmt
+        .query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+
+    Ok(Snapshot { names, rooms, recent_ids })
+}
+
+/// The store thread's state.
+pub(super) struct Worker {
+    conn: Connection,
+    rx: Receiver<Cmd>,
+    shared: Arc<Shared>,
+    listener: Arc<dyn StoreListener>,
+    config: StoreConfig,
+}
+
+impl Worker {
+    pub(super) fn new(
+        conn: Connection,
+        rx: Receiver<Cmd>,
+        shared: Arc<Shared>,
+        listener: Arc<dyn StoreListener>,
+        config: StoreConfig,
+    ) -> Self {
+        Worker { conn, rx, shared, listener, config }
+    }
+
+    /// Serves commands until every sender is gone (the queue is drained
+    /// first: `recv` yields what is buffered before reporting disconnect).
+    pub(super) fn run(mut self) {
+        let _exit = ExitGuard(Arc::clone(&self.shared));
+        let max_batch = self.config.max_batch.max(1);
+        let mut last_sweep = Instant::now();
+        loop {
+            let first =
+                match self.rx.recv_timeout(SWEEP_INTERVAL.saturating_sub(last_sweep.elapsed())) {
+                    Ok(cmd) => Some(cmd),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                self.sweep();
+                last_sweep = Instant::now();
+            }
+            let Some(mut cmd) = first else { continue };
+            let mut batch = Batch::default();
+            let mut read = None;
+            loop {
+                match cmd {
+                    Cmd::Op { op, then, cost } => batch.push(op, then, cost),
+                    Cmd::Read(r) => {
+                        read = Some(r);
+                        break;
+                    }
+                }
+                if batch.ops.len() >= max_batch {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(next) => cmd = next,
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if let Some(read) = read {
+                self.serve(read);
+            }
+        }
+    }
+
+    /// Applies `batch` in one transaction, then reports and runs completions.
+    fn commit(&mut self, batch: Batch) {
+        if batch.ops.is_empty() {
+            return;
+        }
+        let count = batch.ops.len();
+        let result = write_batch(&mut self.conn, batch.ops, self.config.room_history);
+        self.shared.release(batch.cost);
+        let ok = match result {
+            Ok(effects) => {
+                self.report(effects);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, operations = count, "store: group commit failed");
+                false
+            }
+        };
+        for then in batch.thens {
+            guarded("a completion", || then(ok));
+        }
+        self.shared.drained.notify_waiters();
+    }
+
+    fn serve(&mut self, read: Read) {
+        match read {
+            Read::Replay { name, after, upto, ack_through_after, reply } => {
+                if ack_through_after && after > 0 {
+                    let mut batch = Batch::default();
+                    batch.push(Op::Ack { name: name.clone(), upto: after }, None, 0);
+                    self.commit(batch);
+                }
+                let entries = read_entries(&self.conn, &name, after, upto).map_err(|e| {
+                    tracing::error!(error = %e, name, "store: replay failed");
+                    format!("message store: {e}")
+                });
+                let _ = reply.send(entries);
+            }
+            Read::Stats { name, reply } => match read_stats(&self.conn, &name) {
+                Ok(stats) => {
+                    let _ = reply.send(stats);
+                }
+                // Dropping `reply` tells the caller there is no answer.
+                Err(e) => tracing::error!(error = %e, name, "store: inbox stats failed"),
+            },
+            Read::Sweep => self.sweep(),
+        }
+    }
+
+    /// Deletes expired inbox entries and dedup ids, reporting the entries.
+    fn sweep(&mut self) {
+        let now = now_ms();
+        let result =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).and_then(|tx| {
+                let effects = sweep_rows(&tx, now, &self.config)?;
+                tx.commit()?;
+                Ok(effects)
+            });
+        match result {
+            Ok(effects) => {
+                if !effects.removed.is_empty() {
+                    tracing::debug!(
+                        names = effects.removed.len(),
+                        "store: expired entries removed"
+                    );
+                }
+                self.report(effects);
+            }
+            Err(e) => tracing::error!(error = %e, "store: retention sweep failed"),
+        }
+    }
+
+    fn report(&self, effects: Effects) {
+        let listener = &self.listener;
+        if !effects.receipts.is_empty() {
+            guarded("StoreListener::receipts", || listener.receipts(effects.receipts));
+        }
+        for (name, (entries, bytes)) in effects.removed {
+            guarded("StoreListener::removed", || listener.removed(&name, entries, bytes));
+        }
+    }
+}
+
+/// Leaves the handles in a sane state however the thread ends: nothing is
+/// queued any more, so nobody waits in `uncongested` forever.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.queued.store(0, std::sync::atomic::Ordering::Release);
+        self.0.drained.notify_waiters();
+    }
+}
+
+/// Operations taken from the queue for one transaction.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    thens: Vec<Completion>,
+    cost: usize,
+}
+
+impl Batch {
+    fn push(&mut self, op: Op, then: Option<Completion>, cost: usize) {
+        self.ops.push(op);
+        self.thens.extend(then);
+        self.cost = self.cost.saturating_add(cost);
+    }
+}
+
+/// What a transaction owes the listener once committed.
+#[derive(Default)]
+struct Effects {
+    receipts: Vec<Receipt>,
+    /// Per name: entries and bytes removed.
+    removed: HashMap<String, (u64, u64)>,
+}
+
+impl Effects {
+    fn removed(&mut self, name: &str, bytes: u64) {
+        if let Some((entries, total)) = self.removed.get_mut(name) {
+            *entries += 1;
+            *total = total.saturating_add(bytes);
+        } else {
+            self.removed.insert(name.to_owned(), (1, bytes));
+        }
+    }
+}
+
+/// An `Append` held back until the end of its batch, so that an `Ack` in
+/// the same batch can cancel it before it is written.
+struct Pending {
+    seq: u64,
+    record: Record,
+    client_id: Option<String>,
+    receipt: bool,
+}
+
+/// Applies `ops` in order in one transaction. Appends are written last;
+/// that is equivalent to writing them in place because only `Ack` and
+/// `Purge` read or delete inbox rows, and both act on the pending list too.
+fn write_batch(
+    conn: &mut Connection,
+    ops: Vec<Op>,
+    room_history: usize,
+) -> rusqlite::Result<Effects> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = int(now_ms());
+    let mut effects = Effects::default();
+    let mut pending: HashMap<String, Vec<Pending>> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Append { name, seq, record, client_id, receipt } => {
+                pending.entry(name).or_default().push(Pending { seq, record, client_id, receipt });
+            }
+            Op::Ack { name, upto } => {
+                if let Some(list) = pending.get_mut(&name) {
+                    list.retain(|p| {
+                        if p.seq > upto {
+                            return true;
+                        }
+                        effects.removed(&name, size(&p.record));
+                        if p.receipt {
+                            if let (Some(sender), Some(id)) = (&p.record.from, &p.client_id) {
+                                effects.receipts.push(Receipt {
+                                    sender: sender.clone(),
+                                    id: id.clone(),
+                                    to: name.clone(),
+                                });
+                            }
+                        }
+                        false
+                    });
+                }
+                if upto > 0 {
+                    delete_acked(&tx, &name, upto, &mut effects)?;
+                }
+            }
+            Op::Purge { name } => {
+                if let Some(list) = pending.remove(&name) {
+                    for p in list {
+                        effects.removed(&name, size(&p.record));
+                    }
+                }
+                let mut stmt =
+                    tx.prepare_cached("DELETE FROM inbox WHERE name = ?1 RETURNING bytes")?;
+                let mut rows = stmt.query([&name])?;
+                while let Some(row) = rows.next()? {
+                    effects.removed(&name, uint(row.get(0)?));
+                }
+            }
+            Op::Touch { name } => {
+                tx.prepare_cached(
+                    "INSERT INTO names (name, last_seen) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                )?
+                .execute(params![name, now])?;
+            }
+            Op::Lease { name, upto } => {
+                tx.prepare_cached(
+                    "INSERT INTO names (name, seq_lease) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET seq_lease = MAX(seq_lease, excluded.seq_lease)",
+                )?
+                .execute(params![name, int(upto)])?;
+            }
+            Op::Sent { sender, id } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO sent (sender, client_id, ts) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![sender, id, now])?;
+            }
+            Op::RoomAppend { room, record } => {
+                if room_history == 0 {
+                    continue;
+                }
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO room_log (room, rseq, ts, sender, text)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    room,
+                    int(record.rseq),
+                    int(record.ts),
+                    record.from,
+                    record.text
+                ])?;
+                let keep = u64::try_from(room_history).unwrap_or(u64::MAX);
+                if record.rseq > keep {
+                    tx.prepare_cached("DELETE FROM room_log WHERE room = ?1 AND rseq <= ?2")?
+                        .execute(params![room, int(record.rseq - keep)])?;
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO inbox (name, seq, ts, kind, sender, text, payload, client_id, receipt, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for (name, list) in &pending {
+            for p in list {
+                let r = &p.record;
+                insert.execute(params![
+                    name,
+                    int(p.seq),
+                    int(r.ts),
+                    kind_to_int(r.kind),
+                    r.from,
+                    r.text,
+                    r.payload.as_deref(),
+                    p.client_id,
+                    p.receipt,
+                    int(size(r)),
+                ])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(effects)
+}
+
+/// Deletes `name`'s stored entries up to `upto`, collecting receipts.
+fn delete_acked(
+    conn: &Connection,
+    name: &str,
+    upto: u64,
+    effects: &mut Effects,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM inbox WHERE name = ?1 AND seq <= ?2 RETURNING seq, bytes, receipt, sender, client_id",
+    )?;
+    let mut rows = stmt.query(params![name, int(upto)])?;
+    // RETURNING gives no order; receipts go out in seq order.
+    let mut owed = Vec::new();
+    while let Some(row) = rows.next()? {
+        effects.removed(name, uint(row.get(1)?));
+        if row.get::<_, bool>(2)? {
+            if let (Some(sender), Some(id)) =
+                (row.get::<_, Option<String>>(3)?, row.get::<_, Option<String>>(4)?)
+            {
+                owed.push((uint(row.get(0)?), Receipt { sender, id, to: name.to_owned() }));
+            }
+        }
+    }
+    owed.sort_by_key(|(seq, _)| *seq);
+    effects.receipts.extend(owed.into_iter().map(|(_, r)| r));
+    Ok(())
+}
+
+/// Deletes inbox entries older than `max_age` and dedup ids older than
+/// `dedup_window`, as of `now`.
+fn sweep_rows(conn: &Connection, now: u64, config: &StoreConfig) -> rusqlite::Result<Effects> {
+    let mut effects = Effects::default();
+    let expired = int(now.saturating_sub(millis(config.max_age)));
+    let mut stmt = conn.prepare_cached("DELETE FROM inbox WHERE ts < ?1 RETURNING name, bytes")?;
+    let mut rows = stmt.query([expired])?;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        effects.removed(&name, uint(row.get(1)?));
+    }
+    let forgotten = int(now.saturating_sub(millis(config.dedup_window)));
+    conn.prepare_cached("DELETE FROM sent WHERE ts < ?1")?.execute([forgotten])?;
+    Ok(effects)
+}
+
+fn read_entries(
+    conn: &Connection,
+    name: &str,
+    after: u64,
+    upto: u64,
+) -> rusqlite::Result<Vec<Entry>> {
+    if upto <= after {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, ts, kind, sender, text, payload FROM inbox
+         WHERE name = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![name, int(after), int(upto)], |row| {
+        let kind: i64 = row.get(2)?;
+        let kind = kind_from_int(kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Integer,
+                format!("unknown record kind {kind}").into(),
+            )
+        })?;
+        Ok(Entry {
+            seq: uint(row.get(0)?),
+            record: Record {
+                kind,
+                ts: uint(row.get(1)?),
+                from: row.get(3)?,
+                text: row.get(4)?,
+                payload: row.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),
+            },
+        })
+    })?;
+    rows.collect()
+}
+
+fn read_stats(conn: &Connection, name: &str) -> rusqlite::Result<InboxStats> {
+    conn.prepare_cached(
+        "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(ts), MIN(seq) FROM inbox WHERE name = ?1",
+    )?
+    .query_row([name], |row| {
+        Ok(InboxStats {
+            depth: uint(row.get(0)?),
+            bytes: uint(row.get(1)?),
+            oldest_ts: row.get::<_, Option<i64>>(2)?.map(uint),
+            first_seq: row.get::<_, Option<i64>>(3)?.map(uint),
+        })
+    })
+}
+
+/// Runs listener and completion code (the hub's) so that a panic there is
+/// logged instead of stopping the store for everyone.
+fn guarded(what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("store: {what} panicked");
+    }
+}
+
+fn kind_to_int(kind: RecordKind) -> i64 {
+    match kind {
+        RecordKind::Direct => 0,
+        RecordKind::Server => 1,
+        RecordKind::Broadcast => 2,
+        RecordKind::Binary => 3,
+        RecordKind::Receipt => 4,
+    }
+}
+
+fn kind_from_int(kind: i64) -> Option<RecordKind> {
+    Some(match kind {
+        0 => RecordKind::Direct,
+        1 => RecordKind::Server,
+        2 => RecordKind::Broadcast,
+        3 => RecordKind::Binary,
+        4 => RecordKind::Receipt,
+        _ => return None,
+    })
+}
+
+fn size(record: &Record) -> u64 {
+    u64::try_from(record.size()).unwrap_or(u64::MAX)
+}
+
+/// SQLite integers are signed; values beyond `i64::MAX` saturate.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis)
+}

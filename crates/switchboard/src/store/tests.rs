@@ -1,0 +1,392 @@
+//! Store tests against real database files in temporary directories.
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::*;
+
+#[derive(Default)]
+struct Recorder {
+    removed: Mutex<HashMap<String, (u64, u64)>>,
+    receipts: Mutex<Vec<Receipt>>,
+}
+
+impl StoreListener for Recorder {
+    fn removed(&self, name: &str, entries: u64, bytes: u64) {
+        let mut removed = self.removed.lock().unwrap();
+        let slot = removed.entry(name.to_owned()).or_default();
+        slot.0 += entries;
+        slot.1 += bytes;
+    }
+    fn receipts(&self, receipts: Vec<Receipt>) {
+        self.receipts.lock().unwrap().extend(receipts);
+    }
+}
+
+impl Recorder {
+    fn removed(&self, name: &str) -> (u64, u64) {
+        self.removed.lock().unwrap().get(name).copied().unwrap_or_default()
+    }
+    fn receipts(&self) -> Vec<Receipt> {
+        self.receipts.lock().unwrap().clone()
+    }
+}
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir.join("data"),
+        sync: SyncPolicy::Off,
+        max_batch: 1024,
+        queue_limit_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+        dedup_window: Duration::from_secs(600),
+        room_history: 3,
+    }
+}
+
+fn open(config: StoreConfig) -> (Store, Snapshot, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let (store, snapshot) = Store::open(config, recorder.clone()).unwrap();
+    (store, snapshot, recorder)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+fn record(text: &str) -> Record {
+    Record {
+        kind: RecordKind::Direct,
+        ts: now_ms(),
+        from: Some("alice".to_owned()),
+        text: text.to_owned(),
+        payload: None,
+    }
+}
+
+fn append(name: &str, seq: u64, record: Record) -> Op {
+    Op::Append { name: name.to_owned(), seq, record, client_id: None, receipt: false }
+}
+
+fn ack(name: &str, upto: u64) -> Op {
+    Op::Ack { name: name.to_owned(), upto }
+}
+
+/// Stats after everything queued before (the thread has also reported to
+/// the listener by then).
+fn stats(store: &Store, name: &str) -> InboxStats {
+    store.inbox_stats(name).blocking_recv().unwrap()
+}
+
+fn replay(store: &Store, name: &str, after: u64, upto: u64) -> Vec<Entry> {
+    store.replay(name, after, upto, false).blocking_recv().unwrap().unwrap()
+}
+
+/// Parks the store thread inside a completion until the returned sender is
+/// dropped, so that what is submitted meanwhile lands in one batch.
+fn hold(store: &Store) -> std_mpsc::Sender<()> {
+    let (release, wait) = std_mpsc::channel::<()>();
+    let (entered, parked) = std_mpsc::channel::<()>();
+    let then: Completion = Box::new(move |_| {
+        let _ = entered.send(());
+        let _ = wait.recv();
+    });
+    store.submit_then(Op::Touch { name: "hold".to_owned() }, Some(then)).unwrap();
+    parked.recv().unwrap();
+    release
+}
+
+#[test]
+fn append_then_replay_in_order_with_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, _) = open(config(dir.path()));
+    let mut binary = record("");
+    binary.kind = RecordKind::Binary;
+    binary.payload = Some(Bytes::from_static(b"\x00\x01\xff"));
+    store.submit(append("bob", 2, binary.clone())).unwrap();
+    store.submit(append("bob", 1, record("one"))).unwrap();
+    store.submit(append("bob", 3, record("three"))).unwrap();
+    store.submit(append("carol", 1, record("other"))).unwrap();
+
+    let entries = replay(&store, "bob", 0, 10);
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(entries[0].record, record("one").with_ts(entries[0].record.ts));
+    assert_eq!(entries[1].record, binary);
+    assert_eq!(replay(&store, "bob", 1, 2).len(), 1);
+    assert!(replay(&store, "bob", 3, 3).is_empty());
+
+    let s = stats(&store, "bob");
+    assert_eq!(s.depth, 3);
+    assert_eq!(s.first_seq, Some(1));
+    assert_eq!(s.bytes as usize, record("one").size() + binary.size() + record("three").size());
+    assert_eq!(stats(&store, "nobody"), InboxStats::default());
+    store.close();
+}
+
+impl Record {
+    fn with_ts(mut self, ts: u64) -> Self {
+        self.ts = ts;
+        self
+    }
+}
+
+#[test]
+fn ack_deletes_and_reports_removed_and_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, rec) = open(config(dir.path()));
+    for seq in 1..=3 {
+        store
+            .submit(Op::Append {
+                name: "bob".to_owned(),
+                seq,
+                record: record("hi"),
+                client_id: Some(format!("m{seq}")),
+                receipt: seq != 2,
+            })
+            .unwrap();
+    }
+    assert_eq!(stats(&store, "bob").depth, 3); // committed in an earlier batch
+    let (done, committed) = std_mpsc::channel();
+    store.submit_then(ack("bob", 2), Some(Box::new(move |ok| done.send(ok).unwrap()))).unwrap();
+    assert!(committed.recv().unwrap());
+    assert_eq!(stats(&store, "bob").first_seq, Some(3));
+    assert_eq!(rec.removed("bob"), (2, 2 * record("hi").size() as u64));
+    let to_bob =
+        |id: &str| Receipt { sender: "alice".to_owned(), id: id.to_owned(), to: "bob".to_owned() };
+    assert_eq!(rec.receipts(), [to_bob("m1")]);
+
+    // replay with ack_through_after acks like an Ack
+    let rest = store.replay("bob", 3, 5, true).blocking_recv().unwrap().unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(stats(&store, "bob").depth, 0);
+    assert_eq!(rec.receipts(), [to_bob("m1"), to_bob("m3")]);
+    assert_eq!(rec.removed("bob").0, 3);
+    store.close();
+}
+
+#[test]
+fn append_and_ack_in_one_batch_never_touch_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, _) = open(cfg.clone());
+    store.close();
+    // An audit trigger sees every row ever inserted into the inbox.
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    db.execute_batch(
+        "CREATE TABLE audit (name TEXT, seq INTEGER);
+         CREATE TRIGGER audit_inbox AFTER INSERT ON inbox
+         BEGIN INSERT INTO audit VALUES (new.name, new.seq); END;",
+    )
+    .unwrap();
+
+    let (store, _, rec) = open(cfg.clone());
+    let held = hold(&store);
+    for seq in 1..=4 {
+        store
+            .submit(Op::Append {
+                name: "bob".to_owned(),
+                seq,
+                record: record("live"),
+                client_id: Some(format!("m{seq}")),
+                receipt: true,
+            })
+            .unwrap();
+    }
+    store.submit(ack("bob", 3)).unwrap();
+    store.submit(append("bob", 5, record("after the ack"))).unwrap();
+    store.submit(append("carol", 1, record("purged"))).unwrap();
+    store.submit(Op::Purge { name: "carol".to_owned() }).unwrap();
+    drop(held);
+
+    assert_eq!(replay(&store, "bob", 0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(stats(&store, "carol").depth, 0);
+    assert_eq!(rec.removed("bob"), (3, 3 * record("live").size() as u64));
+    assert_eq!(rec.removed("carol"), (1, record("purged").size() as u64));
+    assert_eq!(
+        rec.receipts().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2", "m3"]
+    );
+    store.close();
+
+    let audited: Vec<(String, i64)> = db
+        .prepare("SELECT name, seq FROM audit ORDER BY name, seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(audited, [("bob".to_owned(), 4), ("bob".to_owned(), 5)]);
+}
+
+#[test]
+fn reopen_loads_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sync = SyncPolicy::Full;
+    let (store, snapshot, _) = open(cfg.clone());
+    assert!(
+        snapshot.names.is_empty() && snapshot.rooms.is_empty() && snapshot.recent_ids.is_empty()
+    );
+    for seq in 1..=3 {
+        store.submit(append("bob", seq, record("x"))).unwrap();
+    }
+    store.submit(Op::Lease { name: "bob".to_owned(), upto: 10 }).unwrap();
+    store.submit(Op::Lease { name: "bob".to_owned(), upto: 7 }).unwrap(); // never lowers
+    store.submit(append("carol", 5, record("yy"))).unwrap();
+    store.submit(Op::Lease { name: "carol".to_owned(), upto: 2 }).unwrap();
+    store.submit(Op::Touch { name: "dave".to_owned() }).unwrap();
+    store.submit(Op::Sent { sender: "alice".to_owned(), id: "m1".to_owned() }).unwrap();
+    for rseq in 1..=5 {
+        let text = format!("r{rseq}");
+        let record =
+            RoomRecord { rseq, ts: now_ms(), from: (rseq != 2).then(|| "alice".to_owned()), text };
+        store.submit(Op::RoomAppend { room: "lobby".to_owned(), record }).unwrap();
+    }
+    store.close();
+    store.close(); // idempotent
+    assert!(matches!(store.submit(Op::Touch { name: "x".to_owned() }), Err(StoreError::Closed)));
+    assert!(store.replay("bob", 0, 1, false).blocking_recv().unwrap().is_err());
+    assert!(store.inbox_stats("bob").blocking_recv().is_err());
+
+    // A dedup id past the window is not loaded.
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    db.execute("INSERT INTO sent VALUES ('alice', 'old', 1)", []).unwrap();
+    drop(db);
+
+    let (store, snapshot, _) = open(cfg.clone());
+    let x = record("x").size() as u64;
+    let name = |name: &str, next_seq, depth, bytes| NameState {
+        name: name.to_owned(),
+        next_seq,
+        depth,
+        bytes,
+    };
+    assert_eq!(
+        snapshot.names,
+        [
+            name("bob", 11, 3, 3 * x),
+            name("carol", 6, 1, record("yy").size() as u64),
+            name("dave", 1, 0, 0),
+        ]
+    );
+    assert_eq!(snapshot.rooms.len(), 1);
+    let (room, history) = &snapshot.rooms[0];
+    assert_eq!(room, "lobby");
+    assert_eq!(history.iter().map(|r| r.rseq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(history[0].text, "r3");
+    assert_eq!(snapshot.recent_ids, [("alice".to_owned(), "m1".to_owned())]);
+    store.close();
+
+    // No room history configured: none returned.
+    cfg.room_history = 0;
+    let (store, snapshot, _) = open(cfg);
+    assert!(snapshot.rooms.is_empty());
+    store.close();
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    db.pragma_update(None, "user_version", 99).unwrap();
+    drop(db);
+    match Store::open(cfg, Arc::new(Recorder::default())) {
+        Err(StoreError::Database(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("expected a database error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn unusable_data_dir_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let mut cfg = config(dir.path());
+    cfg.data_dir = file.join("data");
+    assert!(matches!(Store::open(cfg, Arc::new(Recorder::default())), Err(StoreError::Io { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_and_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.queue_limit_bytes = 2000;
+    let (store, _, _) = open(cfg);
+    let big = record(&"x".repeat(3000));
+    assert!(matches!(store.submit(append("bob", 1, big)), Err(StoreError::Overloaded)));
+
+    let held = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || hold(&store)).await.unwrap()
+    };
+    let mut accepted = 0;
+    let refused = loop {
+        match store.submit(append("bob", accepted + 1, record(&"y".repeat(100)))) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(refused, StoreError::Overloaded));
+    assert!(accepted >= 5);
+    assert!(store.congested());
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move { store.uncongested().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiter.is_finished());
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert!(!store.congested());
+    assert_eq!(store.inbox_stats("bob").await.unwrap().depth, accepted);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+}
+
+#[test]
+fn sweep_removes_expired_entries_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, rec) = open(cfg.clone());
+    let old = record("old").with_ts(now_ms() - 2 * 3600 * 1000);
+    store.submit(append("bob", 1, old.clone())).unwrap();
+    store.submit(append("bob", 2, old.clone())).unwrap();
+    store.submit(append("bob", 3, record("fresh"))).unwrap();
+    store.submit(Op::Sent { sender: "alice".to_owned(), id: "m1".to_owned() }).unwrap();
+    store.sweep_now();
+    assert_eq!(stats(&store, "bob").first_seq, Some(3));
+    assert_eq!(rec.removed("bob"), (2, 2 * old.size() as u64));
+    store.close();
+
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let sent = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT COUNT(*) FROM sent", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(sent(&db), 1); // within the window
+    db.execute("UPDATE sent SET ts = 1", []).unwrap();
+    // Expired at open: neither loaded nor kept.
+    db.execute("UPDATE inbox SET ts = 1", []).unwrap();
+    let (store, snapshot, _) = open(cfg);
+    assert!(snapshot.recent_ids.is_empty());
+    assert!(snapshot.names.is_empty()); // bob was only known by its entries
+    assert_eq!(sent(&db), 0);
+    store.close();
+}
+
+#[test]
+fn dropping_every_handle_stops_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, _) = open(config(dir.path()));
+    let handle = store.inner.thread.lock().unwrap().take().unwrap();
+    store.submit(append("bob", 1, record("kept"))).unwrap();
+    drop(store);
+    handle.join().unwrap();
+    let (store, snapshot, _) = open(config(dir.path()));
+    assert_eq!(snapshot.names[0].depth, 1);
+    store.close();
+}

@@ -1,0 +1,211 @@
+//! Issue 7, crash safety with real processes: kill -9 the server while a
+//! sender streams DMs to an offline recipient, restart it on the same data
+//! directory, and check that every acknowledged message is delivered exactly
+//! once and in order, and that retries are deduplicated.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::ServerProcess;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Unacknowledged DMs in flight at once.
+const WINDOW: usize = 256;
+/// Acks to collect before the kill.
+const TARGET_ACKS: usize = 2_000;
+/// Upper bound on messages sent before the kill.
+const MAX_SENT: usize = 100_000;
+
+fn dm(i: usize) -> String {
+    json!({"type": "dm", "id": format!("m{i}"), "to": "bob", "text": i.to_string()}).to_string()
+}
+
+fn index_of(id: &Value) -> usize {
+    id.as_str()
+        .and_then(|id| id.strip_prefix('m'))
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("an id never sent: {id}"))
+}
+
+/// Polls `GET /api/inboxes/{name}` until the name is known and offline.
+async fn wait_offline(server: &ServerProcess, name: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = reqwest::get(server.http(&format!("/api/inboxes/{name}"))).await;
+        if let Ok(response) = response {
+            if response.status() == 200 {
+                let body: Value = response.json().await.expect("json");
+                if body["online"] == false {
+                    return;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} did not go offline");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acked_message_and_delivers_none_twice() {
+    let dir = temp_data_dir();
+    let dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
+    let args = ["--data-dir", dir.as_str(), "--rate-messages-per-sec", "0"];
+    let server = ServerProcess::start(&args).await;
+
+    // bob becomes a known name, then goes away.
+    let (bob, _) = v1_url(&server.ws_url("bob")).await;
+    bob.close().await;
+    wait_offline(&server, "bob").await;
+
+    // alice streams "m0", "m1", ... with at most WINDOW unacknowledged.
+    let (alice, _) = v1_url(&server.ws_url("alice")).await;
+    let (mut sink, mut stream) = alice.socket.split();
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let attempted = Arc::new(AtomicUsize::new(0));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (window, attempted) = (window.clone(), attempted.clone());
+        tokio::spawn(async move {
+            for i in 0..MAX_SENT {
+                let Ok(permit) = window.clone().acquire_owned().await else { return };
+                permit.forget();
+                // Counted before the send: a frame cut off by the kill may
+                // or may not have reached the server, so it is retried.
+                attempted.store(i + 1, Ordering::SeqCst);
+                if sink.send(Message::text(dm(i))).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let reader = {
+        let acked_count = acked_count.clone();
+        tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut other = Vec::new();
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout(WAIT, stream.next()).await {
+                let Message::Text(text) = frame else { continue };
+                let reply: Value = serde_json::from_str(&text).expect("json");
+                if reply["type"] == "ack" {
+                    let index = index_of(&reply["id"]);
+                    let status = reply["status"].as_str().unwrap_or("<none>").to_owned();
+                    assert!(acked.insert(index, status).is_none(), "acked twice: {reply}");
+                    acked_count.fetch_add(1, Ordering::SeqCst);
+                    window.add_permits(1);
+                } else {
+                    other.push(reply);
+                }
+            }
+            (acked, other)
+        })
+    };
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while acked_count.load(Ordering::SeqCst) < TARGET_ACKS && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.signal("KILL").await;
+    let code = server.wait().await;
+    assert_eq!(code, None, "killed by a signal");
+    let (acked, other) =
+        tokio::time::timeout(WAIT, reader).await.expect("reader ends").expect("reader");
+    writer.abort();
+    let _ = writer.await;
+    let attempted = attempted.load(Ordering::SeqCst);
+    assert!(acked.len() >= 100, "too few acks before the kill to mean anything: {}", acked.len());
+    assert!(other.is_empty(), "the sender got something else than acks: {other:?}");
+    for (index, status) in &acked {
+        assert_eq!(status, "stored", "m{index}: bob is offline");
+    }
+    let unacked: Vec<usize> = (0..attempted).filter(|i| !acked.contains_key(i)).collect();
+    assert!(!unacked.is_empty(), "the kill should land mid-stream (attempted {attempted})");
+    eprintln!("before the kill: {} acked, {} sent but not acked", acked.len(), unacked.len());
+
+    // Restart on the same data directory.
+    let server = ServerProcess::start(&args).await;
+
+    // (1) alice retries everything unacknowledged, plus a few acked ids:
+    // stored or duplicate, never an error; acked ones are duplicates.
+    let acked_ids: Vec<usize> = acked.keys().copied().collect();
+    let resent_acked: Vec<usize> =
+        acked_ids.iter().take(5).chain(acked_ids.iter().rev().take(5)).copied().collect();
+    let (mut alice, _) = v1_url(&server.ws_url("alice")).await;
+    let retries: Vec<usize> = unacked.iter().chain(&resent_acked).copied().collect();
+    for &i in &retries {
+        alice.send(&dm(i)).await;
+    }
+    let mut retried = BTreeMap::new();
+    for _ in 0..retries.len() {
+        let reply = alice.recv_json().await;
+        assert_eq!(reply["type"], "ack", "a retry after the restart was refused: {reply}");
+        let status = reply["status"].as_str().unwrap_or("<none>").to_owned();
+        assert!(status == "stored" || status == "duplicate", "{reply}");
+        assert!(retried.insert(index_of(&reply["id"]), status).is_none(), "{reply}");
+    }
+    let duplicates = retried.values().filter(|s| *s == "duplicate").count();
+    eprintln!("after the restart: {} retries, {duplicates} of them duplicates", retried.len());
+    for i in &resent_acked {
+        assert_eq!(
+            retried[i], "duplicate",
+            "m{i} was acked before the crash: dedup must survive it"
+        );
+    }
+
+    // (2) bob gets every acked message once, in order, and each retried one once.
+    let committed_before: Vec<usize> = (0..attempted)
+        .filter(|i| acked.contains_key(i) || retried.get(i).is_some_and(|s| s == "duplicate"))
+        .collect();
+    let stored_after: Vec<usize> =
+        unacked.iter().copied().filter(|i| retried[i] == "stored").collect();
+    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let mut received = Vec::new();
+    let mut last_seq = 0;
+    // Bounded by count and time; extras show up before the final pong.
+    while received.len() < attempted {
+        let frame = match tokio::time::timeout(Duration::from_secs(3), bob.socket.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("bob: unexpected {other:?}"),
+        };
+        let got: Value = serde_json::from_str(&frame).expect("json");
+        assert_eq!((&got["type"], &got["from"]), (&json!("dm"), &json!("alice")), "{got}");
+        let seq = got["seq"].as_u64().expect("seq");
+        assert!(seq > last_seq, "seq not increasing: {got} after {last_seq}");
+        last_seq = seq;
+        received.push(got["text"].as_str().and_then(|t| t.parse::<usize>().ok()).expect("text"));
+    }
+    let mut seen = HashSet::new();
+    let duplicates: Vec<usize> = received.iter().copied().filter(|i| !seen.insert(*i)).collect();
+    let explained: Vec<String> = duplicates
+        .iter()
+        .map(|i| match (acked.get(i), retried.get(i)) {
+            (Some(_), _) => format!("m{i} (acked before the crash)"),
+            (None, Some(status)) => format!("m{i} (unacked, its retry was acked {status:?})"),
+            (None, None) => format!("m{i}"),
+        })
+        .collect();
+    assert!(duplicates.is_empty(), "delivered twice: {explained:?}");
+    let missing: Vec<usize> = acked.keys().copied().filter(|i| !seen.contains(i)).collect();
+    assert!(missing.is_empty(), "acked before the crash, never delivered: {missing:?}");
+    let lost: Vec<usize> = retried.keys().copied().filter(|i| !seen.contains(i)).collect();
+    assert!(lost.is_empty(), "retried after the restart, never delivered: {lost:?}");
+    assert_eq!(received.len(), attempted, "every message once");
+    let acked_order: Vec<usize> =
+        received.iter().copied().filter(|i| acked.contains_key(i)).collect();
+    assert_eq!(acked_order, acked_ids, "acked messages out of order");
+    let expected: Vec<usize> = committed_before.iter().chain(&stored_after).copied().collect();
+    assert_eq!(received, expected, "what was committed before the crash, then the retries");
+    bob.send_json(json!({"type": "ack", "seq": last_seq})).await;
+    bob.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(bob.recv_json().await, json!({"type": "pong", "id": "end"}));
+}
