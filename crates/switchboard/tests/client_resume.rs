@@ -155,20 +155,37 @@ async fn a_dropped_connection_mid_stream_loses_and_repeats_nothing() {
     let relay = Relay::start(server.addr).await;
     let (bob, mut bob_events) = builder(&relay.url(), "bob").connect().await.expect("bob");
     let (alice, mut alice_events) =
-        builder(&server.base_ws(), "alice").max_in_flight(4096).connect().await.expect("alice");
+        builder(&server.base_ws(), "alice").connect().await.expect("alice");
 
     let sender = tokio::spawn(async move {
         for i in 0..COUNT {
-            alice
-                .send(switchboard_client::Outbound::direct("bob", format!("m{i}")))
-                .await
-                .expect("send");
+            let message = switchboard_client::Outbound::direct("bob", format!("m{i}"));
+            alice.send(message).await.expect("send");
         }
         tokio::time::timeout(Duration::from_secs(60), alice.flush())
             .await
             .expect("every send answered")
             .expect("open");
-        alice
+        alice.close().await;
+    });
+    // Alice's events are read all along: a consumer that stops reading
+    // stops its client.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while let Some(event) = alice_events.recv().await {
+            match event {
+                Event::Ack { status, .. } => {
+                    assert!(
+                        matches!(status, Some(AckStatus::Live | AckStatus::Stored)),
+                        "{status:?}"
+                    );
+                    acked += 1;
+                }
+                Event::Error { .. } | Event::Lost { .. } => panic!("{event:?}"),
+                _ => {}
+            }
+        }
+        acked
     });
 
     let mut texts = Vec::with_capacity(COUNT);
@@ -177,7 +194,7 @@ async fn a_dropped_connection_mid_stream_loses_and_repeats_nothing() {
     let mut reconnected = false;
     while texts.len() < COUNT {
         let event = expect_within(&mut bob_events, Duration::from_secs(60), "the stream", |e| {
-            matches!(e, Event::Direct { .. } | Event::Connected(_) | Event::Disconnected { .. })
+            matches!(e, Event::Direct { .. } | Event::Connected(_))
         })
         .await;
         match event {
@@ -204,25 +221,13 @@ async fn a_dropped_connection_mid_stream_loses_and_repeats_nothing() {
     }
     assert_eq!(bob.last_seq(), last_seq);
 
-    let alice = sender.await.expect("sender");
+    sender.await.expect("sender");
     // Every send was acknowledged: none lost, none refused.
-    let mut acked = 0;
-    while let Some(event) = alice_events.try_recv() {
-        match event {
-            Event::Ack { status, .. } => {
-                assert!(matches!(status, Some(AckStatus::Live | AckStatus::Stored)), "{status:?}");
-                acked += 1;
-            }
-            Event::Error { .. } | Event::Lost { .. } => panic!("{event:?}"),
-            _ => {}
-        }
-    }
-    assert_eq!(acked, COUNT);
+    assert_eq!(acks.await.expect("alice's events"), COUNT);
     // Nothing more arrives for bob.
     let id = bob.ping().expect("ping");
     let event = expect(&mut bob_events, "pong", |e| !matches!(e, Event::StateChanged(_))).await;
     assert!(matches!(&event, Event::Pong { id: Some(got) } if *got == id), "{event:?}");
-    alice.close().await;
     bob.close().await;
 }
 
@@ -441,6 +446,49 @@ async fn a_closed_client_is_not_sent_again_what_it_acknowledged() {
     })
     .await;
     assert_eq!(event.request_id(), Some(id.as_str()));
+    alice.close().await;
+    bob.close().await;
+}
+
+/// An `--ephemeral` hub forgets a name's numbering when it disconnects; a
+/// client that resumes must still see `seq` increase (the hub numbers above
+/// the resume point), or the client library would drop the new messages as
+/// repeats.
+#[tokio::test]
+async fn an_ephemeral_hub_numbers_a_resumed_session_above_its_resume_point() {
+    let server = TestServer::start_with(Config { ephemeral: true, ..test_config() }).await;
+    let relay = Relay::start(server.addr).await;
+    let (alice, mut alice_events) = builder(&server.base_ws(), "alice").connect().await.expect("a");
+    let (bob, mut bob_events) = builder(&relay.url(), "bob").connect().await.expect("b");
+    let mut texts = Vec::new();
+    for i in 0..5 {
+        alice.send_direct("bob", &format!("e{i}")).expect("send");
+    }
+    while texts.len() < 5 {
+        if let Event::Direct { text, .. } =
+            expect(&mut bob_events, "dm", |e| matches!(e, Event::Direct { .. })).await
+        {
+            texts.push(text);
+        }
+    }
+    let before = bob.last_seq();
+    relay.cut();
+    expect(&mut bob_events, "reconnected", |e| matches!(e, Event::Connected(_))).await;
+    common::eventually("bob back", || server.hub.client("bob").is_some()).await;
+    for i in 5..10 {
+        let id = alice.send_direct("bob", &format!("e{i}")).expect("send");
+        let event = expect(&mut alice_events, "ack", |e| e.request_id() == Some(id.as_str())).await;
+        assert!(matches!(event, Event::Ack { .. }), "{event:?}");
+    }
+    while texts.len() < 10 {
+        let event = expect(&mut bob_events, "dm", |e| matches!(e, Event::Direct { .. })).await;
+        if let Event::Direct { seq, text, .. } = event {
+            assert!(seq > before, "seq {seq} not above the resume point {before}");
+            texts.push(text);
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    assert_eq!(texts, expected);
     alice.close().await;
     bob.close().await;
 }

@@ -418,6 +418,16 @@ fn write_batch(
     for op in ops {
         match op {
             Op::Append { name, seq, record, client_id, receipt } => {
+                // The sender's id is remembered in the same transaction as
+                // the entry (even when an ack cancels the entry below): a
+                // crash can never keep the message but forget the id, which
+                // would let a retry deliver it twice.
+                if let (Some(sender), Some(id)) = (&record.from, &client_id) {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO sent (sender, client_id, ts) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![sender, id, now])?;
+                }
                 pending.entry(name).or_default().push(Pending { seq, record, client_id, receipt });
             }
             Op::Ack { name, upto } => {
