@@ -336,7 +336,8 @@ impl Task {
     /// it is not after the last one reported (a repeat: drop it).
     fn accept(&mut self, seq: u64) -> bool {
         if seq <= self.last_seq {
-            tracing::debug!(seq, last_seq = self.last_seq, "dropping a delivery seen before");
+            // A conforming hub never sends one: make it visible.
+            tracing::warn!(seq, last_seq = self.last_seq, "dropping a delivery not after the last");
             return false;
         }
         self.last_seq = seq;

@@ -22,7 +22,7 @@
 //! [`Request::Ack`]; senders learn from [`Reply::Ack`]'s [`AckStatus`]
 //! whether a message went out live, was stored, or was a retry.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The hub's protocol version string, sent in the welcome.
 pub const PROTOCOL_VERSION: &str = "1";
@@ -74,6 +74,23 @@ impl AckStatus {
             AckStatus::Duplicate => "duplicate",
         }
     }
+
+    /// The status named `wire`, if this version knows it.
+    pub fn from_wire(wire: &str) -> Option<AckStatus> {
+        [AckStatus::Live, AckStatus::Stored, AckStatus::Duplicate]
+            .into_iter()
+            .find(|status| status.as_str() == wire)
+    }
+}
+
+/// An ack's `status` as a client reads it: one this version does not know
+/// reads as none, so the ack still answers its request (docs/protocol.md:
+/// clients ignore statuses they do not know).
+fn lenient_status<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<AckStatus>, D::Error> {
+    let wire = Option::<String>::deserialize(deserializer)?;
+    Ok(wire.as_deref().and_then(AckStatus::from_wire))
 }
 
 /// A request from a client: the `"type"` field selects the variant.
@@ -728,8 +745,9 @@ pub enum Incoming {
         /// Request id.
         id: String,
         /// What happened to the message; absent for other requests (and
-        /// from hubs before issue 7, which means live).
-        #[serde(default)]
+        /// from hubs before issue 7, which means live). A status this
+        /// version does not know reads as `None`.
+        #[serde(default, deserialize_with = "lenient_status")]
         status: Option<AckStatus>,
     },
     /// See [`Reply::Error`].
@@ -961,6 +979,15 @@ mod tests {
             assert_eq!(serde_json::from_value::<AckStatus>(wire).ok(), Some(status));
         }
         assert!(serde_json::from_str::<AckStatus>(r#""lost""#).is_err());
+        // A client still reads an ack whose status it does not know.
+        assert_eq!(
+            Incoming::parse(r#"{"type":"ack","id":"1","status":"teleported"}"#).ok(),
+            Some(Incoming::Ack { id: "1".into(), status: None })
+        );
+        assert_eq!(
+            Incoming::parse(r#"{"type":"ack","id":"1","status":null}"#).ok(),
+            Some(Incoming::Ack { id: "1".into(), status: None })
+        );
     }
 
     #[test]

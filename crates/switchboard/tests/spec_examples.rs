@@ -338,7 +338,7 @@ async fn scripted_session_matches_the_examples() {
     // the recipient's binary delivery takes the next seq.
     let frame = binary::encode_outgoing("7", binary::Target::Client("bob"), b"hi");
     alice.ws.socket.send(Message::Binary(frame)).await.expect("send binary");
-    assert_eq!(alice.expect("ack").await, json!({"type":"ack","id":"7"}));
+    assert_eq!(alice.expect("ack").await, json!({"type":"ack","id":"7","status":"live"}));
     let Message::Binary(data) = bob.ws.recv().await else { panic!("expected binary") };
     let got = binary::parse_incoming(&data).expect("binary header");
     assert_eq!(
@@ -349,7 +349,7 @@ async fn scripted_session_matches_the_examples() {
 
     alice.send(json!({"type":"dm","id":"2","to":"nobody","text":"x"})).await;
     let offline = alice.expect("error").await;
-    assert_eq!((&offline["id"], &offline["code"]), (&json!("2"), &json!("recipient_offline")));
+    assert_eq!((&offline["id"], &offline["code"]), (&json!("2"), &json!("unknown_recipient")));
     alice.ws.send("not json at all").await;
     let bad = alice.expect("error").await;
     assert_eq!(bad["code"], "bad_request");

@@ -224,6 +224,12 @@ impl Hub {
     pub(super) fn go_live(&self, client: &Arc<Client>, resume: Option<u64>) {
         let inbox = &client.inbox;
         let mut state = inbox.lock();
+        // A client that has seen seqs this hub never handed out (an
+        // ephemeral hub that forgot the name, a data dir that was reset)
+        // is numbered above them: it would drop lower seqs as repeats.
+        if let Some(resume) = resume.filter(|resume| *resume >= state.next_seq) {
+            inbox.skip_to(&mut state, resume + 1);
+        }
         let cutoff = state.next_seq - 1;
         state.live = Some((client.session, client.outbox.clone()));
         let Some(store) = inbox.store() else { return };

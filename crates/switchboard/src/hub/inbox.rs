@@ -104,6 +104,19 @@ impl Inbox {
     pub(crate) fn take_seq(&self, state: &mut InboxState) -> u64 {
         let seq = state.next_seq;
         state.next_seq += 1;
+        self.lease(state, seq);
+        seq
+    }
+
+    /// Moves numbering up to `next` (never down), leasing it first.
+    pub(crate) fn skip_to(&self, state: &mut InboxState, next: u64) {
+        if next > state.next_seq {
+            self.lease(state, next);
+            state.next_seq = next;
+        }
+    }
+
+    fn lease(&self, state: &mut InboxState, seq: u64) {
         if let Some(store) = &self.store {
             if seq + LEASE_STEP / 2 > state.leased {
                 let upto = seq + LEASE_STEP;
@@ -113,7 +126,6 @@ impl Inbox {
                 }
             }
         }
-        seq
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,13 @@ const SCHEMA_VERSION: i64 = 1;
 
 /// How often expired inbox entries and dedup ids are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a batch that nobody waits for (no completion: no sender's ack
+/// depends on it) stays open for more operations. Live deliveries are
+/// usually acknowledged within this time, so their appends cancel in memory
+/// instead of costing an insert now and a delete in the next batch. A batch
+/// with a completion commits as soon as the queue is empty.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// How long a statement waits for a lock held by another process (the
 /// `sqlite3` CLI inspecting the file) before failing.
@@ -209,6 +216,23 @@ pub(super) struct Worker {
     shared: Arc<Shared>,
     listener: Arc<dyn StoreListener>,
     config: StoreConfig,
+    /// Per name, a range covering every seq that may have a row on disk.
+    on_disk: OnDisk,
+}
+
+/// For each name, (lowest, highest) seq that may have a row in `inbox`.
+/// Conservative (a range may cover seqs with no row), never short: an ack
+/// below a name's range (or for a name with none) needs no `DELETE`, which
+/// is the common case for live traffic, whose entries cancel in the batch.
+pub(super) type OnDisk = HashMap<String, (u64, u64)>;
+
+/// Reads [`OnDisk`] from the table.
+fn load_on_disk(conn: &Connection) -> rusqlite::Result<OnDisk> {
+    let mut stmt = conn.prepare("SELECT name, MIN(seq), MAX(seq) FROM inbox GROUP BY name")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, (uint(row.get(1)?), uint(row.get(2)?))))
+    })?;
+    rows.collect()
 }
 
 impl Worker {
@@ -219,7 +243,11 @@ impl Worker {
         listener: Arc<dyn StoreListener>,
         config: StoreConfig,
     ) -> Self {
-        Worker { conn, rx, shared, listener, config }
+        let on_disk = load_on_disk(&conn).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "store: cannot read inbox ranges; acks always delete");
+            HashMap::new()
+        });
+        Worker { conn, rx, shared, listener, config, on_disk }
     }
 
     /// Serves commands until every sender is gone (the queue is drained
@@ -242,6 +270,7 @@ impl Worker {
             let Some(mut cmd) = first else { continue };
             let mut batch = Batch::default();
             let mut read = None;
+            let opened = Instant::now();
             loop {
                 match cmd {
                     Cmd::Op { op, then, cost } => batch.push(op, then, cost),
@@ -255,6 +284,14 @@ impl Worker {
                 }
                 match self.rx.try_recv() {
                     Ok(next) => cmd = next,
+                    Err(TryRecvError::Empty)
+                        if batch.thens.is_empty() && opened.elapsed() < LINGER =>
+                    {
+                        match self.rx.recv_timeout(LINGER.saturating_sub(opened.elapsed())) {
+                            Ok(next) => cmd = next,
+                            Err(_) => break,
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -271,7 +308,8 @@ impl Worker {
             return;
         }
         let count = batch.ops.len();
-        let result = write_batch(&mut self.conn, batch.ops, self.config.room_history);
+        let result =
+            write_batch(&mut self.conn, batch.ops, self.config.room_history, &mut self.on_disk);
         self.shared.release(batch.cost);
         let ok = match result {
             Ok(effects) => {
@@ -280,6 +318,10 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(error = %e, operations = count, "store: group commit failed");
+                // The ranges were updated for a transaction that rolled back.
+                if let Ok(on_disk) = load_on_disk(&self.conn) {
+                    self.on_disk = on_disk;
+                }
                 false
             }
         };
@@ -410,6 +452,7 @@ fn write_batch(
     conn: &mut Connection,
     ops: Vec<Op>,
     room_history: usize,
+    on_disk: &mut OnDisk,
 ) -> rusqlite::Result<Effects> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = int(now_ms());
@@ -449,11 +492,17 @@ fn write_batch(
                         false
                     });
                 }
-                if upto > 0 {
+                if let Some(&(low, high)) = on_disk.get(&name).filter(|(low, _)| *low <= upto) {
                     delete_acked(&tx, &name, upto, &mut effects)?;
+                    if upto >= high {
+                        on_disk.remove(&name);
+                    } else {
+                        on_disk.insert(name.clone(), (low.max(upto + 1), high));
+                    }
                 }
             }
             Op::Purge { name } => {
+                on_disk.remove(&name);
                 if let Some(list) = pending.remove(&name) {
                     for p in list {
                         effects.removed(&name, size(&p.record));
@@ -515,6 +564,10 @@ fn write_batch(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for (name, list) in &pending {
+            if let (Some(first), Some(last)) = (list.first(), list.last()) {
+                let range = on_disk.entry(name.clone()).or_insert((first.seq, last.seq));
+                *range = (range.0.min(first.seq), range.1.max(last.seq));
+            }
             for p in list {
                 let r = &p.record;
                 insert.execute(params![
