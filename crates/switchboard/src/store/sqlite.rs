@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,12 +25,24 @@ const SCHEMA_VERSION: i64 = 1;
 /// How often expired inbox entries and dedup ids are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How long a batch that nobody waits for (no completion: no sender's ack
-/// depends on it) stays open for more operations. Live deliveries are
-/// usually acknowledged within this time, so their appends cancel in memory
-/// instead of costing an insert now and a delete in the next batch. A batch
-/// with a completion commits as soon as the queue is empty.
-const LINGER: Duration = Duration::from_millis(5);
+/// How long an append that nobody waits for may stay in memory before it is
+/// written. An append is carried from batch to batch until it is this old,
+/// its recipient acknowledges it (then it is never written: the common case
+/// for live traffic), or a batch needs everything durable — one with a
+/// completion (a sender's ack waits on it) or followed by a read. So no
+/// acknowledged message is ever only in memory; what a crash can lose is
+/// at most this much of traffic whose senders were not told it was stored.
+const CARRY_MAX_AGE: Duration = Duration::from_millis(50);
+
+/// After a batch nobody waited for, the thread naps this long before taking
+/// the next one, instead of blocking on the queue: a blocked thread is woken
+/// (a futex call and a context switch) by every single submit, which under
+/// load cost more than the store's own work. A batch with a completion or a
+/// read is followed by no nap, so acks are delayed by at most one nap.
+const COALESCE: Duration = Duration::from_micros(500);
+
+/// Most appends carried in memory; beyond, every carried append is written.
+const CARRY_MAX_ENTRIES: usize = 100_000;
 
 /// How long a statement waits for a lock held by another process (the
 /// `sqlite3` CLI inspecting the file) before failing.
@@ -218,6 +230,22 @@ pub(super) struct Worker {
     config: StoreConfig,
     /// Per name, a range covering every seq that may have a row on disk.
     on_disk: OnDisk,
+    /// Appends not written yet; see [`CARRY_MAX_AGE`].
+    carry: Carry,
+}
+
+/// Appends held in memory across batches, per name in seq order.
+#[derive(Default)]
+struct Carry {
+    by_name: HashMap<String, Vec<Pending>>,
+    entries: usize,
+}
+
+impl Carry {
+    /// When the oldest carried append must be written.
+    fn deadline(&self) -> Option<Instant> {
+        self.by_name.values().filter_map(|list| list.first()).map(|p| p.at + CARRY_MAX_AGE).min()
+    }
 }
 
 /// For each name, (lowest, highest) seq that may have a row in `inbox`.
@@ -247,7 +275,7 @@ impl Worker {
             tracing::error!(error = %e, "store: cannot read inbox ranges; acks always delete");
             HashMap::new()
         });
-        Worker { conn, rx, shared, listener, config, on_disk }
+        Worker { conn, rx, shared, listener, config, on_disk, carry: Carry::default() }
     }
 
     /// Serves commands until every sender is gone (the queue is drained
@@ -257,20 +285,26 @@ impl Worker {
         let max_batch = self.config.max_batch.max(1);
         let mut last_sweep = Instant::now();
         loop {
-            let first =
-                match self.rx.recv_timeout(SWEEP_INTERVAL.saturating_sub(last_sweep.elapsed())) {
-                    Ok(cmd) => Some(cmd),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                };
+            let mut wake = last_sweep + SWEEP_INTERVAL;
+            if let Some(deadline) = self.carry.deadline() {
+                wake = wake.min(deadline);
+            }
+            let first = match self.rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(cmd) => Some(cmd),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 self.sweep();
                 last_sweep = Instant::now();
             }
-            let Some(mut cmd) = first else { continue };
+            let Some(mut cmd) = first else {
+                // Carried appends came of age: write them.
+                self.commit(Batch::default(), false);
+                continue;
+            };
             let mut batch = Batch::default();
             let mut read = None;
-            let opened = Instant::now();
             loop {
                 match cmd {
                     Cmd::Op { op, then, cost } => batch.push(op, then, cost),
@@ -284,32 +318,37 @@ impl Worker {
                 }
                 match self.rx.try_recv() {
                     Ok(next) => cmd = next,
-                    Err(TryRecvError::Empty)
-                        if batch.thens.is_empty() && opened.elapsed() < LINGER =>
-                    {
-                        match self.rx.recv_timeout(LINGER.saturating_sub(opened.elapsed())) {
-                            Ok(next) => cmd = next,
-                            Err(_) => break,
-                        }
-                    }
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            // A read must see every append; so must a waiting sender.
+            let everything = read.is_some() || !batch.thens.is_empty();
+            self.commit(batch, everything);
             if let Some(read) = read {
                 self.serve(read);
             }
+            if !everything {
+                std::thread::sleep(COALESCE);
+            }
         }
+        // Closing: nothing stays in memory.
+        self.commit(Batch::default(), true);
     }
 
     /// Applies `batch` in one transaction, then reports and runs completions.
-    fn commit(&mut self, batch: Batch) {
-        if batch.ops.is_empty() {
+    fn commit(&mut self, batch: Batch, everything: bool) {
+        if batch.ops.is_empty() && (self.carry.entries == 0 || !self.carry_is_due(everything)) {
             return;
         }
         let count = batch.ops.len();
-        let result =
-            write_batch(&mut self.conn, batch.ops, self.config.room_history, &mut self.on_disk);
+        let result = write_batch(
+            &mut self.conn,
+            batch.ops,
+            self.config.room_history,
+            &mut self.on_disk,
+            &mut self.carry,
+            everything,
+        );
         self.shared.release(batch.cost);
         let ok = match result {
             Ok(effects) => {
@@ -331,13 +370,20 @@ impl Worker {
         self.shared.drained.notify_waiters();
     }
 
+    /// True when some carried append must be written now.
+    fn carry_is_due(&self, everything: bool) -> bool {
+        everything
+            || self.carry.entries > CARRY_MAX_ENTRIES
+            || self.carry.deadline().is_some_and(|deadline| deadline <= Instant::now())
+    }
+
     fn serve(&mut self, read: Read) {
         match read {
             Read::Replay { name, after, upto, ack_through_after, reply } => {
                 if ack_through_after && after > 0 {
                     let mut batch = Batch::default();
                     batch.push(Op::Ack { name: name.clone(), upto: after }, None, 0);
-                    self.commit(batch);
+                    self.commit(batch, true);
                 }
                 let entries = read_entries(&self.conn, &name, after, upto).map_err(|e| {
                     tracing::error!(error = %e, name, "store: replay failed");
@@ -436,9 +482,11 @@ impl Effects {
     }
 }
 
-/// An `Append` held back until the end of its batch, so that an `Ack` in
-/// the same batch can cancel it before it is written.
+/// An `Append` held back in memory (see [`CARRY_MAX_AGE`]), so that an
+/// `Ack` can cancel it before it is ever written.
 struct Pending {
+    /// When it was taken from the queue.
+    at: Instant,
     seq: u64,
     record: Record,
     client_id: Option<String>,
@@ -453,11 +501,14 @@ fn write_batch(
     ops: Vec<Op>,
     room_history: usize,
     on_disk: &mut OnDisk,
+    carry: &mut Carry,
+    everything: bool,
 ) -> rusqlite::Result<Effects> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = int(now_ms());
+    let taken = Instant::now();
     let mut effects = Effects::default();
-    let mut pending: HashMap<String, Vec<Pending>> = HashMap::new();
+    let pending = &mut carry.by_name;
     for op in ops {
         match op {
             Op::Append { name, seq, record, client_id, receipt } => {
@@ -471,7 +522,13 @@ fn write_batch(
                     )?
                     .execute(params![sender, id, now])?;
                 }
-                pending.entry(name).or_default().push(Pending { seq, record, client_id, receipt });
+                pending.entry(name).or_default().push(Pending {
+                    at: taken,
+                    seq,
+                    record,
+                    client_id,
+                    receipt,
+                });
             }
             Op::Ack { name, upto } => {
                 if let Some(list) = pending.get_mut(&name) {
@@ -558,17 +615,32 @@ fn write_batch(
             }
         }
     }
-    if !pending.is_empty() {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO inbox (name, seq, ts, kind, sender, text, payload, client_id, receipt, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for (name, list) in &pending {
-            if let (Some(first), Some(last)) = (list.first(), list.last()) {
-                let range = on_disk.entry(name.clone()).or_insert((first.seq, last.seq));
-                *range = (range.0.min(first.seq), range.1.max(last.seq));
+    // Carried appends that are due: all of them when a sender or a read
+    // waits on this commit (or too many are held), else the old ones.
+    let all = everything || pending.values().map(Vec::len).sum::<usize>() > CARRY_MAX_ENTRIES;
+    let cutoff = taken.checked_sub(CARRY_MAX_AGE);
+    {
+        let mut insert = None;
+        for (name, list) in pending.iter_mut() {
+            let due = if all {
+                list.len()
+            } else {
+                list.iter().take_while(|p| cutoff.is_some_and(|cutoff| p.at <= cutoff)).count()
+            };
+            if due == 0 {
+                continue;
             }
-            for p in list {
+            let insert = match &mut insert {
+                Some(insert) => insert,
+                None => insert.insert(tx.prepare_cached(
+                    "INSERT INTO inbox (name, seq, ts, kind, sender, text, payload, client_id, receipt, bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?),
+            };
+            let (low, high) = (list[0].seq, list[due - 1].seq);
+            let range = on_disk.entry(name.clone()).or_insert((low, high));
+            *range = (range.0.min(low), range.1.max(high));
+            for p in list.drain(..due) {
                 let r = &p.record;
                 insert.execute(params![
                     name,
@@ -585,6 +657,8 @@ fn write_batch(
             }
         }
     }
+    pending.retain(|_, list| !list.is_empty());
+    carry.entries = carry.by_name.values().map(Vec::len).sum();
     tx.commit()?;
     Ok(effects)
 }
