@@ -91,14 +91,22 @@ test('two pages chat privately and in a room, with acks and unread counts', asyn
   await openConversation(bob, 'dm:alice');
   await screenshot(bob, 'chat-private-bob');
 
-  // Recipient offline: bob leaves, alice's next DM is refused with a readable notice.
+  // Recipient offline (issue 7): bob leaves; alice's next DM is stored by the
+  // hub and says so, and bob gets it when he signs in again.
   await bob.close();
   await alice.locator('#people-list', { hasText: 'offline' }).waitFor();
   await openConversation(alice, 'dm:bob');
   await sendMessage(alice, 'are you there?');
-  await alice.locator('#notices .notice-error', { hasText: 'bob is offline — message not delivered' }).waitFor();
-  await alice.locator('#log li.msg[data-state="failed"]').filter({ hasText: 'are you there?' }).waitFor();
+  await alice.locator('#log li.msg[data-state="stored"]').filter({ hasText: 'are you there?' }).waitFor();
+  await alice.locator('#log li.system', { hasText: 'bob is offline — stored, delivered when they reconnect' }).waitFor();
   await screenshot(alice, 'chat-recipient-offline');
+  const bobAgain = await openPage(browser, server.http);
+  await signIn(bobAgain, 'bob');
+  await conv(bobAgain, 'dm:alice').locator('.badge', { hasText: '1' }).waitFor();
+  await openConversation(bobAgain, 'dm:alice');
+  await expectMessage(bobAgain, 'are you there?', { from: 'alice' });
+  await screenshot(bobAgain, 'chat-stored-delivered');
+  await bobAgain.close();
 
   // Name taken: a second page cannot use alice's name and says so.
   const impostor = await openPage(browser, server.http);

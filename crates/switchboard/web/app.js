@@ -107,6 +107,7 @@ function messageItem(msg) {
 const MARKS = {
   pending: ['…', 'sending'],
   acked: ['✓', 'acknowledged by the hub'],
+  stored: ['✓', 'stored by the hub: delivered when the recipient reconnects'],
   failed: ['✗', 'not delivered'],
   sent: ['', ''],
 };
@@ -428,6 +429,9 @@ function joinRoom(room, { rejoin = false } = {}) {
 
 const ERRORS = {
   recipient_offline: (p) => `${p?.to ?? 'The recipient'} is offline — message not delivered.`,
+  unknown_recipient: (p) => `${p?.to ?? 'The recipient'} has never connected — message not delivered.`,
+  inbox_full: (p, m) => `${p?.to ?? 'The recipient'}'s inbox is full — message not delivered (${m}).`,
+  unavailable: (p, m) => `The server cannot take messages right now — not delivered (${m}).`,
   rate_limited: () => 'You are sending too fast (rate limited) — message not sent.',
   too_large: () => 'That message is too large — not sent.',
   not_member: (p) => `You are not a member of ${p?.room ? `#${p.room}` : 'that room'}.`,
@@ -450,7 +454,11 @@ function handle(envelope) {
     case 'ack': {
       const pending = state.pending.get(envelope.id);
       state.pending.delete(envelope.id);
-      if (pending?.kind === 'msg') setDelivery(pending.msg, 'acked');
+      if (pending?.kind === 'msg' && envelope.status === 'stored') {
+        // Durable hub (issue 7): the recipient is offline; the hub keeps it.
+        setDelivery(pending.msg, 'stored');
+        systemLine(pending.key, `${pending.to ?? 'The recipient'} is offline — stored, delivered when they reconnect.`);
+      } else if (pending?.kind === 'msg') setDelivery(pending.msg, 'acked');
       else if (pending?.kind === 'join') {
         if (!state.rooms.has(pending.room)) state.rooms.set(pending.room, { members: new Set() });
         if (!pending.rejoin) {
