@@ -205,7 +205,7 @@ impl Hub {
         }
         let known = match store {
             Some(store) if state.inboxes.len() < self.shared.limits.max_known_names => {
-                let _ = store.submit(Op::Touch { name: name.to_string() });
+                let _ = store.submit(Op::Touch { name: name.to_shared() });
                 Some(store.clone())
             }
             Some(_) => {
@@ -295,7 +295,7 @@ impl Hub {
         }
         let seq = inbox.take_seq(&mut state);
         let append = Op::Append {
-            name: name.to_string(),
+            name: name.to_shared(),
             seq,
             record,
             client_id: origin.id.map(str::to_owned),
@@ -354,7 +354,7 @@ impl Hub {
                         })
                     })
                 });
-                let sent = Op::Sent { sender: from.name.to_string(), id };
+                let sent = Op::Sent { sender: from.name.to_shared(), id };
                 if let Err(error) = store.submit_then(sent, then) {
                     tracing::warn!(%error, "could not remember a client id for deduplication");
                 }
@@ -373,7 +373,7 @@ impl Hub {
         let Some(store) = client.inbox.store() else { return };
         let upto = seq.min(client.inbox.lock().next_seq.saturating_sub(1));
         if upto > 0 {
-            let _ = store.submit(Op::Ack { name: client.name.to_string(), upto });
+            let _ = store.submit(Op::Ack { name: client.name.to_shared(), upto });
         }
     }
 
@@ -382,7 +382,7 @@ impl Hub {
     pub fn written(&self, client: &Client, seq: u64) {
         if client.ack_mode == AckMode::Auto {
             if let Some(store) = client.inbox.store() {
-                let _ = store.submit(Op::Ack { name: client.name.to_string(), upto: seq });
+                let _ = store.submit(Op::Ack { name: client.name.to_shared(), upto: seq });
             }
         }
     }
@@ -395,7 +395,7 @@ impl Hub {
         let inbox = self.inbox_of(name).ok_or_else(|| RouteError::UnknownRecipient(name.into()))?;
         let Some(store) = inbox.store() else { return Ok(()) };
         store
-            .submit(Op::Purge { name: name.to_owned() })
+            .submit(Op::Purge { name: inbox.name().to_shared() })
             .map_err(|error| RouteError::StoreUnavailable(error.to_string()))
     }
 
@@ -476,14 +476,14 @@ fn record_for(message: &Message) -> Option<Record> {
     let ts = message.ts();
     let (kind, from, text, payload) = match message.body() {
         Body::Direct { from, text, .. } => {
-            (RecordKind::Direct, Some(from.to_string()), text.clone(), None)
+            (RecordKind::Direct, Some(from.to_shared()), text.clone(), None)
         }
         Body::Server { text, broadcast: false } => (RecordKind::Server, None, text.clone(), None),
         Body::Server { text, broadcast: true } => (RecordKind::Broadcast, None, text.clone(), None),
         Body::Binary { from, room: None, payload } => {
-            (RecordKind::Binary, Some(from.to_string()), String::new(), Some(payload.clone()))
+            (RecordKind::Binary, Some(from.to_shared()), String::new(), Some(payload.clone()))
         }
-        Body::Receipt { id, to } => (RecordKind::Receipt, Some(to.to_string()), id.clone(), None),
+        Body::Receipt { id, to } => (RecordKind::Receipt, Some(to.to_shared()), id.clone(), None),
         Body::Room { .. } | Body::Presence { .. } | Body::Binary { room: Some(_), .. } => {
             return None
         }

@@ -120,7 +120,7 @@ impl Inbox {
         if let Some(store) = &self.store {
             if seq + LEASE_STEP / 2 > state.leased {
                 let upto = seq + LEASE_STEP;
-                let lease = Op::Lease { name: self.name.to_string(), upto };
+                let lease = Op::Lease { name: self.name.to_shared(), upto };
                 if store.submit(lease).is_ok() {
                     state.leased = upto;
                 }

@@ -114,18 +114,22 @@ pub struct Record {
     /// Hub time when the message was accepted, ms since the Unix epoch.
     pub ts: u64,
     /// The sender's name (for `Direct`, `Binary`, `Receipt`).
-    pub from: Option<String>,
+    pub from: Option<Name>,
     /// The text (or, for a receipt, the acknowledged message's id).
     pub text: String,
     /// A binary message's payload.
     pub payload: Option<Bytes>,
 }
 
+/// A client name as the store keeps it: shared, so that queueing an
+/// operation for a name costs a reference count, not a copy.
+pub type Name = Arc<str>;
+
 impl Record {
     /// Bytes this entry is charged against inbox and store limits.
     pub fn size(&self) -> usize {
         64 + self.text.len()
-            + self.from.as_ref().map_or(0, String::len)
+            + self.from.as_ref().map_or(0, |from| from.len())
             + self.payload.as_ref().map_or(0, Bytes::len)
     }
 }
@@ -207,12 +211,12 @@ pub enum Op {
     /// Marks `name` as known (it connected), and records activity.
     Touch {
         /// The name.
-        name: String,
+        name: Name,
     },
     /// Appends a delivery to `name`'s inbox under `seq`.
     Append {
         /// The recipient.
-        name: String,
+        name: Name,
         /// The recipient's sequence number for it.
         seq: u64,
         /// The delivery.
@@ -226,7 +230,7 @@ pub enum Op {
     /// owed for them go to [`StoreListener::receipts`].
     Ack {
         /// The recipient.
-        name: String,
+        name: Name,
         /// Highest acknowledged seq (cumulative).
         upto: u64,
     },
@@ -235,14 +239,14 @@ pub enum Op {
     /// numbering resumes above it.
     Lease {
         /// The name.
-        name: String,
+        name: Name,
         /// Highest seq that may be in use.
         upto: u64,
     },
     /// Remembers a (sender, client id) pair for deduplication.
     Sent {
         /// The sender.
-        sender: String,
+        sender: Name,
         /// Its client id.
         id: String,
     },
@@ -257,7 +261,7 @@ pub enum Op {
     /// Deletes every entry of `name`'s inbox (operator purge).
     Purge {
         /// The name.
-        name: String,
+        name: Name,
     },
 }
 

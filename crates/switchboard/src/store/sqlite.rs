@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::{
-    Completion, Entry, InboxStats, NameState, Op, Receipt, Record, RecordKind, RoomRecord, Shared,
-    Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
+    Completion, Entry, InboxStats, Name, NameState, Op, Receipt, Record, RecordKind, RoomRecord,
+    Shared, Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
 };
 
 /// `PRAGMA user_version` of the schema below; a newer file is refused.
@@ -237,7 +237,7 @@ pub(super) struct Worker {
 /// Appends held in memory across batches, per name in seq order.
 #[derive(Default)]
 struct Carry {
-    by_name: HashMap<String, Vec<Pending>>,
+    by_name: HashMap<Name, Vec<Pending>>,
     entries: usize,
 }
 
@@ -382,7 +382,7 @@ impl Worker {
             Read::Replay { name, after, upto, ack_through_after, reply } => {
                 if ack_through_after && after > 0 {
                     let mut batch = Batch::default();
-                    batch.push(Op::Ack { name: name.clone(), upto: after }, None, 0);
+                    batch.push(Op::Ack { name: Name::from(name.as_str()), upto: after }, None, 0);
                     self.commit(batch, true);
                 }
                 let entries = read_entries(&self.conn, &name, after, upto).map_err(|e| {
@@ -540,26 +540,26 @@ fn write_batch(
                         if p.receipt {
                             if let (Some(sender), Some(id)) = (&p.record.from, &p.client_id) {
                                 effects.receipts.push(Receipt {
-                                    sender: sender.clone(),
+                                    sender: sender.to_string(),
                                     id: id.clone(),
-                                    to: name.clone(),
+                                    to: name.to_string(),
                                 });
                             }
                         }
                         false
                     });
                 }
-                if let Some(&(low, high)) = on_disk.get(&name).filter(|(low, _)| *low <= upto) {
+                if let Some(&(low, high)) = on_disk.get(&*name).filter(|(low, _)| *low <= upto) {
                     delete_acked(&tx, &name, upto, &mut effects)?;
                     if upto >= high {
-                        on_disk.remove(&name);
+                        on_disk.remove(&*name);
                     } else {
-                        on_disk.insert(name.clone(), (low.max(upto + 1), high));
+                        on_disk.insert(name.to_string(), (low.max(upto + 1), high));
                     }
                 }
             }
             Op::Purge { name } => {
-                on_disk.remove(&name);
+                on_disk.remove(&*name);
                 if let Some(list) = pending.remove(&name) {
                     for p in list {
                         effects.removed(&name, size(&p.record));
@@ -638,7 +638,7 @@ fn write_batch(
                 )?),
             };
             let (low, high) = (list[0].seq, list[due - 1].seq);
-            let range = on_disk.entry(name.clone()).or_insert((low, high));
+            let range = on_disk.entry(name.to_string()).or_insert((low, high));
             *range = (range.0.min(low), range.1.max(high));
             for p in list.drain(..due) {
                 let r = &p.record;

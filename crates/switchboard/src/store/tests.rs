@@ -62,18 +62,18 @@ fn record(text: &str) -> Record {
     Record {
         kind: RecordKind::Direct,
         ts: now_ms(),
-        from: Some("alice".to_owned()),
+        from: Some("alice".into()),
         text: text.to_owned(),
         payload: None,
     }
 }
 
 fn append(name: &str, seq: u64, record: Record) -> Op {
-    Op::Append { name: name.to_owned(), seq, record, client_id: None, receipt: false }
+    Op::Append { name: name.into(), seq, record, client_id: None, receipt: false }
 }
 
 fn ack(name: &str, upto: u64) -> Op {
-    Op::Ack { name: name.to_owned(), upto }
+    Op::Ack { name: name.into(), upto }
 }
 
 /// Stats after everything queued before (the thread has also reported to
@@ -95,7 +95,7 @@ fn hold(store: &Store) -> std_mpsc::Sender<()> {
         let _ = entered.send(());
         let _ = wait.recv();
     });
-    store.submit_then(Op::Touch { name: "hold".to_owned() }, Some(then)).unwrap();
+    store.submit_then(Op::Touch { name: "hold".into() }, Some(then)).unwrap();
     parked.recv().unwrap();
     release
 }
@@ -141,7 +141,7 @@ fn ack_deletes_and_reports_removed_and_receipts() {
     for seq in 1..=3 {
         store
             .submit(Op::Append {
-                name: "bob".to_owned(),
+                name: "bob".into(),
                 seq,
                 record: record("hi"),
                 client_id: Some(format!("m{seq}")),
@@ -156,7 +156,7 @@ fn ack_deletes_and_reports_removed_and_receipts() {
     assert_eq!(stats(&store, "bob").first_seq, Some(3));
     assert_eq!(rec.removed("bob"), (2, 2 * record("hi").size() as u64));
     let to_bob =
-        |id: &str| Receipt { sender: "alice".to_owned(), id: id.to_owned(), to: "bob".to_owned() };
+        |id: &str| Receipt { sender: "alice".into(), id: id.to_owned(), to: "bob".to_owned() };
     assert_eq!(rec.receipts(), [to_bob("m1")]);
 
     // replay with ack_through_after acks like an Ack
@@ -188,7 +188,7 @@ fn append_and_ack_in_one_batch_never_touch_the_disk() {
     for seq in 1..=4 {
         store
             .submit(Op::Append {
-                name: "bob".to_owned(),
+                name: "bob".into(),
                 seq,
                 record: record("live"),
                 client_id: Some(format!("m{seq}")),
@@ -199,7 +199,7 @@ fn append_and_ack_in_one_batch_never_touch_the_disk() {
     store.submit(ack("bob", 3)).unwrap();
     store.submit(append("bob", 5, record("after the ack"))).unwrap();
     store.submit(append("carol", 1, record("purged"))).unwrap();
-    store.submit(Op::Purge { name: "carol".to_owned() }).unwrap();
+    store.submit(Op::Purge { name: "carol".into() }).unwrap();
     drop(held);
 
     assert_eq!(replay(&store, "bob", 0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
@@ -234,12 +234,12 @@ fn reopen_loads_the_snapshot() {
     for seq in 1..=3 {
         store.submit(append("bob", seq, record("x"))).unwrap();
     }
-    store.submit(Op::Lease { name: "bob".to_owned(), upto: 10 }).unwrap();
-    store.submit(Op::Lease { name: "bob".to_owned(), upto: 7 }).unwrap(); // never lowers
+    store.submit(Op::Lease { name: "bob".into(), upto: 10 }).unwrap();
+    store.submit(Op::Lease { name: "bob".into(), upto: 7 }).unwrap(); // never lowers
     store.submit(append("carol", 5, record("yy"))).unwrap();
-    store.submit(Op::Lease { name: "carol".to_owned(), upto: 2 }).unwrap();
-    store.submit(Op::Touch { name: "dave".to_owned() }).unwrap();
-    store.submit(Op::Sent { sender: "alice".to_owned(), id: "m1".to_owned() }).unwrap();
+    store.submit(Op::Lease { name: "carol".into(), upto: 2 }).unwrap();
+    store.submit(Op::Touch { name: "dave".into() }).unwrap();
+    store.submit(Op::Sent { sender: "alice".into(), id: "m1".to_owned() }).unwrap();
     for rseq in 1..=5 {
         let text = format!("r{rseq}");
         let record =
@@ -248,7 +248,7 @@ fn reopen_loads_the_snapshot() {
     }
     store.close();
     store.close(); // idempotent
-    assert!(matches!(store.submit(Op::Touch { name: "x".to_owned() }), Err(StoreError::Closed)));
+    assert!(matches!(store.submit(Op::Touch { name: "x".into() }), Err(StoreError::Closed)));
     assert!(store.replay("bob", 0, 1, false).blocking_recv().unwrap().is_err());
     assert!(store.inbox_stats("bob").blocking_recv().is_err());
 
@@ -260,7 +260,7 @@ fn reopen_loads_the_snapshot() {
     let (store, snapshot, _) = open(cfg.clone());
     let x = record("x").size() as u64;
     let name = |name: &str, next_seq, depth, bytes| NameState {
-        name: name.to_owned(),
+        name: name.into(),
         next_seq,
         depth,
         bytes,
@@ -357,7 +357,7 @@ fn sweep_removes_expired_entries_and_ids() {
     store.submit(append("bob", 1, old.clone())).unwrap();
     store.submit(append("bob", 2, old.clone())).unwrap();
     store.submit(append("bob", 3, record("fresh"))).unwrap();
-    store.submit(Op::Sent { sender: "alice".to_owned(), id: "m1".to_owned() }).unwrap();
+    store.submit(Op::Sent { sender: "alice".into(), id: "m1".to_owned() }).unwrap();
     store.sweep_now();
     assert_eq!(stats(&store, "bob").first_seq, Some(3));
     assert_eq!(rec.removed("bob"), (2, 2 * old.size() as u64));
