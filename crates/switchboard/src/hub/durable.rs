@@ -294,18 +294,19 @@ impl Hub {
             )));
         }
         let seq = inbox.take_seq(&mut state);
+        let online = state.live.is_some();
         let append = Op::Append {
             name: name.to_shared(),
             seq,
             record,
             client_id: origin.id.map(str::to_owned),
             receipt: origin.receipt && origin.id.is_some(),
+            live: online,
         };
         store.submit(append).map_err(|error| RouteError::StoreUnavailable(error.to_string()))?;
         state.depth += 1;
         state.bytes += size;
         self.shared.stored_bytes.fetch_add(size, Ordering::Relaxed);
-        let online = state.live.is_some();
         // An overflowing session is being closed; the entry waits for the next one.
         let _ = state.push_live(message, seq, true);
         Ok(if online { Accepted::Live } else { Accepted::Stored })

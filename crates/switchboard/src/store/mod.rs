@@ -225,6 +225,10 @@ pub enum Op {
         client_id: Option<String>,
         /// Send a receipt to `record.from` when the recipient acknowledges it.
         receipt: bool,
+        /// It was also pushed to the recipient's live session, so an ack is
+        /// likely soon: the store may hold it in memory a while (never past
+        /// a commit a sender waits on) hoping to never write it.
+        live: bool,
     },
     /// Removes `name`'s entries with seq ≤ `upto` (acknowledged). Receipts
     /// owed for them go to [`StoreListener::receipts`].

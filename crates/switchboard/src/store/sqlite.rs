@@ -25,14 +25,16 @@ const SCHEMA_VERSION: i64 = 1;
 /// How often expired inbox entries and dedup ids are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How long an append that nobody waits for may stay in memory before it is
-/// written. An append is carried from batch to batch until it is this old,
-/// its recipient acknowledges it (then it is never written: the common case
-/// for live traffic), or a batch needs everything durable — one with a
-/// completion (a sender's ack waits on it) or followed by a read. So no
-/// acknowledged message is ever only in memory; what a crash can lose is
-/// at most this much of traffic whose senders were not told it was stored.
-const CARRY_MAX_AGE: Duration = Duration::from_millis(50);
+/// How long an append for a live recipient that nobody waits for may stay
+/// in memory before it is written. It is carried from batch to batch until
+/// it is this old, its recipient acknowledges it (then it is never written:
+/// the common case for live traffic), or a batch needs everything durable —
+/// one with a completion (a sender's ack waits on it) or followed by a read.
+/// So no acknowledged message is ever only in memory; what a crash can lose
+/// is at most this much of live traffic whose senders were not told it was
+/// stored (and which had not reached the recipient). Appends for offline
+/// recipients are written at the end of their batch.
+const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// After a batch nobody waited for, the thread naps this long before taking
 /// the next one, instead of blocking on the queue: a blocked thread is woken
@@ -42,7 +44,7 @@ const CARRY_MAX_AGE: Duration = Duration::from_millis(50);
 const COALESCE: Duration = Duration::from_micros(500);
 
 /// Most appends carried in memory; beyond, every carried append is written.
-const CARRY_MAX_ENTRIES: usize = 100_000;
+const CARRY_MAX_ENTRIES: usize = 200_000;
 
 /// How long a statement waits for a lock held by another process (the
 /// `sqlite3` CLI inspecting the file) before failing.
@@ -491,6 +493,7 @@ struct Pending {
     record: Record,
     client_id: Option<String>,
     receipt: bool,
+    live: bool,
 }
 
 /// Applies `ops` in order in one transaction. Appends are written last;
@@ -511,7 +514,7 @@ fn write_batch(
     let pending = &mut carry.by_name;
     for op in ops {
         match op {
-            Op::Append { name, seq, record, client_id, receipt } => {
+            Op::Append { name, seq, record, client_id, receipt, live } => {
                 // The sender's id is remembered in the same transaction as
                 // the entry (even when an ack cancels the entry below): a
                 // crash can never keep the message but forget the id, which
@@ -528,6 +531,7 @@ fn write_batch(
                     record,
                     client_id,
                     receipt,
+                    live,
                 });
             }
             Op::Ack { name, upto } => {
@@ -622,10 +626,13 @@ fn write_batch(
     {
         let mut insert = None;
         for (name, list) in pending.iter_mut() {
+            // A prefix: everything up to the last entry that is due.
             let due = if all {
                 list.len()
             } else {
-                list.iter().take_while(|p| cutoff.is_some_and(|cutoff| p.at <= cutoff)).count()
+                list.iter()
+                    .rposition(|p| !p.live || cutoff.is_some_and(|cutoff| p.at <= cutoff))
+                    .map_or(0, |last| last + 1)
             };
             if due == 0 {
                 continue;

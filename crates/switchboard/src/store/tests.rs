@@ -69,7 +69,7 @@ fn record(text: &str) -> Record {
 }
 
 fn append(name: &str, seq: u64, record: Record) -> Op {
-    Op::Append { name: name.into(), seq, record, client_id: None, receipt: false }
+    Op::Append { name: name.into(), seq, record, client_id: None, receipt: false, live: false }
 }
 
 fn ack(name: &str, upto: u64) -> Op {
@@ -146,6 +146,7 @@ fn ack_deletes_and_reports_removed_and_receipts() {
                 record: record("hi"),
                 client_id: Some(format!("m{seq}")),
                 receipt: seq != 2,
+                live: false,
             })
             .unwrap();
     }
@@ -193,6 +194,7 @@ fn append_and_ack_in_one_batch_never_touch_the_disk() {
                 record: record("live"),
                 client_id: Some(format!("m{seq}")),
                 receipt: true,
+                live: false,
             })
             .unwrap();
     }
@@ -389,4 +391,52 @@ fn dropping_every_handle_stops_the_thread() {
     let (store, snapshot, _) = open(config(dir.path()));
     assert_eq!(snapshot.names[0].depth, 1);
     store.close();
+}
+
+#[test]
+fn live_appends_are_carried_until_acked_and_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, _) = open(cfg.clone());
+    store.close();
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    db.execute_batch(
+        "CREATE TABLE audit (name TEXT, seq INTEGER);
+         CREATE TRIGGER audit_inbox AFTER INSERT ON inbox
+         BEGIN INSERT INTO audit VALUES (new.name, new.seq); END;",
+    )
+    .unwrap();
+    let audited = |db: &rusqlite::Connection| -> Vec<(String, i64)> {
+        db.prepare("SELECT name, seq FROM audit ORDER BY name, seq")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+
+    let (store, _, rec) = open(cfg.clone());
+    let live = |seq| Op::Append {
+        name: "bob".into(),
+        seq,
+        record: record("live"),
+        client_id: None,
+        receipt: false,
+        live: true,
+    };
+    // Separate batches: the live appends are carried, the offline one is written.
+    store.submit(live(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    store.submit(live(2)).unwrap();
+    store.submit(append("carol", 1, record("offline"))).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    store.submit(ack("bob", 2)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rec.removed("bob"), (2, 2 * record("live").size() as u64));
+    // A read writes what is carried: bob has nothing left, carol her entry.
+    assert!(replay(&store, "bob", 0, 10).is_empty());
+    assert_eq!(replay(&store, "carol", 0, 10).len(), 1);
+    store.submit(live(3)).unwrap();
+    store.close(); // closing writes the carried append
+    assert_eq!(audited(&db), [("bob".to_owned(), 3), ("carol".to_owned(), 1)]);
 }
