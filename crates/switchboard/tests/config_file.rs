@@ -4,6 +4,7 @@
 mod common;
 
 use common::process::ServerProcess;
+use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -54,4 +55,60 @@ async fn a_bad_config_file_is_refused_with_one_line() {
         assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
         assert!(lines[0].starts_with("switchboard: "), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn durability_options_are_checked_at_start() {
+    // Issue 7: a data directory that cannot be used stops the server with
+    // one line naming the store; a bad --sync value names the choices.
+    let file = std::env::temp_dir().join(format!("switchboard-not-a-dir-{}", std::process::id()));
+    std::fs::write(&file, "").expect("write");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&file)
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("switchboard: ") && lines[0].contains("message store"),
+        "{stderr}"
+    );
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--sync", "sometimes"])
+        .output()
+        .await
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected full, normal or off"));
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test]
+async fn ephemeral_from_the_config_file_writes_nothing() {
+    let dir = common::temp_data_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("ephemeral.toml");
+    let data = dir.join("data");
+    std::fs::write(
+        &path,
+        format!(
+            "ephemeral = true\ndata_dir = {:?}\nroom_history = 5\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write");
+    let config = switchboard::config::Config::from_file(&path).expect("valid file");
+    assert!(config.ephemeral && config.store_config().is_none());
+    assert_eq!(config.hub_limits().room_history, 5);
+    let server = TestServer::start_with(config).await;
+    let mut alice = common::classic(&server, "alice").await;
+    alice.socket.close(None).await.expect("close");
+    server.stop().await;
+    assert!(!data.exists(), "an ephemeral hub creates no data directory");
 }
