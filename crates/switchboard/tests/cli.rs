@@ -242,3 +242,25 @@ async fn losing_the_connection_for_good_exits_non_zero() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("lost: server shutting down"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_message_to_an_offline_cli_user_is_stored_and_shown_when_they_return() {
+    // Issue 7, the README's tour: bob quits, alice writes, bob comes back.
+    let server = TestServer::start().await;
+    let bob = Cli::connected(&server, "bob", &[]).await;
+    let (code, _, stderr) = bob.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let mut alice = Cli::connected(&server, "alice", &[]).await;
+    alice.send("@bob are you there?").await;
+    alice
+        .expect_line("the stored notice", |line| line.contains("stored: the recipient is offline"))
+        .await;
+
+    let mut bob = Cli::connected(&server, "bob", &[]).await;
+    bob.expect_line("the stored DM", |line| line == "[alice] are you there?").await;
+    let (code, _, stderr) = bob.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = alice.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

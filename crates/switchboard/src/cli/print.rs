@@ -1,7 +1,7 @@
 //! How `switchboard connect` shows events: one line each, as text or JSON.
 
 use serde_json::json;
-use switchboard_client::{Event, PresenceEvent};
+use switchboard_client::{AckStatus, Event, PresenceEvent};
 
 /// Keeps an event on one line: line breaks and other control characters are escaped.
 fn one_line(text: &str) -> String {
@@ -25,7 +25,8 @@ fn presence_word(event: PresenceEvent) -> &'static str {
     }
 }
 
-/// The text line for `event`, or `None` for events not worth a line (acks, state changes).
+/// The text line for `event`, or `None` for events not worth a line (most
+/// acks, state changes).
 pub(crate) fn text(event: &Event) -> Option<String> {
     let line = match event {
         Event::Connected(welcome) => {
@@ -78,6 +79,11 @@ pub(crate) fn text(event: &Event) -> Option<String> {
             format!("online: {}", one_line(&members.join(", ")))
         }
         Event::Pong { .. } => "pong".to_owned(),
+        // Issue 7: say when the recipient was offline and the hub kept it.
+        Event::Ack { id, status: Some(AckStatus::Stored) } => {
+            format!("* message {id} stored: the recipient is offline and gets it on reconnect")
+        }
+        Event::Delivered { id, to, .. } => format!("* message {id} delivered to {}", one_line(to)),
         _ => return None,
     };
     Some(line)
