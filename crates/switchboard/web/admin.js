@@ -241,14 +241,14 @@ function renderClients(clients) {
 
   // Rebuild the rows only when something changed, so a periodic refresh
   // never swallows a click or moves the keyboard focus.
-  const signature = JSON.stringify(clients.map((c) => [c.session, c.name, c.rooms, c.messages_in, c.messages_out]));
+  const signature = JSON.stringify(clients.map((c) => [c.session, c.name, c.rooms, c.messages_in, c.messages_out, c.inbox_depth]));
   if (signature === state.signature) return;
   state.signature = signature;
 
   const focused = document.activeElement?.name === 'client' ? document.activeElement.value : null;
   clear(ui.clientsBody);
   if (clients.length === 0) {
-    ui.clientsBody.append(h('tr', {}, h('td', { colspan: '7', class: 'empty', text: 'No clients connected' })));
+    ui.clientsBody.append(h('tr', {}, h('td', { colspan: '8', class: 'empty', text: 'No clients connected' })));
   }
   const sorted = [...clients].sort((a, b) => a.name.localeCompare(b.name));
   for (const client of sorted.slice(0, MAX_ROWS)) {
@@ -272,7 +272,9 @@ function renderClients(clients) {
         })),
       h('td', { text: client.rooms.length ? client.rooms.map((r) => `#${r}`).join(' ') : '—' }),
       h('td', { class: 'num', text: client.messages_in }),
-      h('td', { class: 'num', text: client.messages_out }));
+      h('td', { class: 'num', text: client.messages_out }),
+      // Issue 7: stored messages the client has not acknowledged yet.
+      h('td', { class: 'num', text: client.inbox_depth ?? 0 }));
     row.addEventListener('click', (event) => {
       if (event.target !== radio) {
         radio.checked = true;
@@ -284,7 +286,7 @@ function renderClients(clients) {
   }
   if (sorted.length > MAX_ROWS) {
     ui.clientsBody.append(h('tr', {}, h('td', {
-      colspan: '7',
+      colspan: '8',
       class: 'empty',
       text: `… and ${sorted.length - MAX_ROWS} more (the first ${MAX_ROWS} by name are shown)`,
     })));
