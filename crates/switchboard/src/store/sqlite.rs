@@ -241,12 +241,21 @@ pub(super) struct Worker {
 struct Carry {
     by_name: HashMap<Name, Vec<Pending>>,
     entries: usize,
+    /// Room-history appends, oldest first: nobody waits for them either, and
+    /// writing each publish at once would cost a commit (an fsync) apiece.
+    rooms: Vec<(String, RoomRecord, Instant)>,
 }
 
 impl Carry {
     /// When the oldest carried append must be written.
     fn deadline(&self) -> Option<Instant> {
-        self.by_name.values().filter_map(|list| list.first()).map(|p| p.at + CARRY_MAX_AGE).min()
+        let inboxes = self.by_name.values().filter_map(|list| list.first()).map(|p| p.at);
+        let rooms = self.rooms.first().map(|(_, _, at)| *at);
+        inboxes.chain(rooms).min().map(|oldest| oldest + CARRY_MAX_AGE)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries == 0 && self.rooms.is_empty()
     }
 }
 
@@ -339,7 +348,7 @@ impl Worker {
 
     /// Applies `batch` in one transaction, then reports and runs completions.
     fn commit(&mut self, batch: Batch, everything: bool) {
-        if batch.ops.is_empty() && (self.carry.entries == 0 || !self.carry_is_due(everything)) {
+        if batch.ops.is_empty() && (self.carry.is_empty() || !self.carry_is_due(everything)) {
             return;
         }
         let count = batch.ops.len();
@@ -375,7 +384,7 @@ impl Worker {
     /// True when some carried append must be written now.
     fn carry_is_due(&self, everything: bool) -> bool {
         everything
-            || self.carry.entries > CARRY_MAX_ENTRIES
+            || self.carry.entries + self.carry.rooms.len() > CARRY_MAX_ENTRIES
             || self.carry.deadline().is_some_and(|deadline| deadline <= Instant::now())
     }
 
@@ -597,24 +606,8 @@ fn write_batch(
                 .execute(params![sender, id, now])?;
             }
             Op::RoomAppend { room, record } => {
-                if room_history == 0 {
-                    continue;
-                }
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO room_log (room, rseq, ts, sender, text)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    room,
-                    int(record.rseq),
-                    int(record.ts),
-                    record.from,
-                    record.text
-                ])?;
-                let keep = u64::try_from(room_history).unwrap_or(u64::MAX);
-                if record.rseq > keep {
-                    tx.prepare_cached("DELETE FROM room_log WHERE room = ?1 AND rseq <= ?2")?
-                        .execute(params![room, int(record.rseq - keep)])?;
+                if room_history > 0 {
+                    carry.rooms.push((room, record, taken));
                 }
             }
         }
@@ -666,6 +659,29 @@ fn write_batch(
     }
     pending.retain(|_, list| !list.is_empty());
     carry.entries = carry.by_name.values().map(Vec::len).sum();
+    let rooms_due = carry.rooms.first().is_some_and(|(_, _, at)| {
+        all || carry.rooms.len() > CARRY_MAX_ENTRIES || cutoff.is_some_and(|cutoff| *at <= cutoff)
+    });
+    if rooms_due {
+        let keep = u64::try_from(room_history).unwrap_or(u64::MAX);
+        for (room, record, _) in carry.rooms.drain(..) {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO room_log (room, rseq, ts, sender, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                room,
+                int(record.rseq),
+                int(record.ts),
+                record.from,
+                record.text
+            ])?;
+            if record.rseq > keep {
+                tx.prepare_cached("DELETE FROM room_log WHERE room = ?1 AND rseq <= ?2")?
+                    .execute(params![room, int(record.rseq - keep)])?;
+            }
+        }
+    }
     tx.commit()?;
     Ok(effects)
 }
