@@ -241,21 +241,22 @@ pub(super) struct Worker {
 struct Carry {
     by_name: HashMap<Name, Vec<Pending>>,
     entries: usize,
-    /// Room-history appends, oldest first: nobody waits for them either, and
-    /// writing each publish at once would cost a commit (an fsync) apiece.
-    rooms: Vec<(String, RoomRecord, Instant)>,
+    /// Operations nobody waits for, oldest first, applied when due like the
+    /// appends: room-history appends and `Touch`es. Writing each publish or
+    /// each new connection at once would cost a commit (an fsync) apiece.
+    later: Vec<(Op, Instant)>,
 }
 
 impl Carry {
     /// When the oldest carried append must be written.
     fn deadline(&self) -> Option<Instant> {
         let inboxes = self.by_name.values().filter_map(|list| list.first()).map(|p| p.at);
-        let rooms = self.rooms.first().map(|(_, _, at)| *at);
-        inboxes.chain(rooms).min().map(|oldest| oldest + CARRY_MAX_AGE)
+        let later = self.later.first().map(|(_, at)| *at);
+        inboxes.chain(later).min().map(|oldest| oldest + CARRY_MAX_AGE)
     }
 
     fn is_empty(&self) -> bool {
-        self.entries == 0 && self.rooms.is_empty()
+        self.entries == 0 && self.later.is_empty()
     }
 }
 
@@ -384,7 +385,7 @@ impl Worker {
     /// True when some carried append must be written now.
     fn carry_is_due(&self, everything: bool) -> bool {
         everything
-            || self.carry.entries + self.carry.rooms.len() > CARRY_MAX_ENTRIES
+            || self.carry.entries + self.carry.later.len() > CARRY_MAX_ENTRIES
             || self.carry.deadline().is_some_and(|deadline| deadline <= Instant::now())
     }
 
@@ -505,6 +506,11 @@ struct Pending {
     live: bool,
 }
 
+/// Milliseconds since `at`.
+fn ms_since(at: Instant) -> u64 {
+    u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Applies `ops` in order in one transaction. Appends are written last;
 /// that is equivalent to writing them in place because only `Ack` and
 /// `Purge` read or delete inbox rows, and both act on the pending list too.
@@ -585,13 +591,7 @@ fn write_batch(
                     effects.removed(&name, uint(row.get(0)?));
                 }
             }
-            Op::Touch { name } => {
-                tx.prepare_cached(
-                    "INSERT INTO names (name, last_seen) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
-                )?
-                .execute(params![name, now])?;
-            }
+            op @ Op::Touch { .. } => carry.later.push((op, taken)),
             Op::Lease { name, upto } => {
                 tx.prepare_cached(
                     "INSERT INTO names (name, seq_lease) VALUES (?1, ?2)
@@ -605,9 +605,9 @@ fn write_batch(
                 )?
                 .execute(params![sender, id, now])?;
             }
-            Op::RoomAppend { room, record } => {
+            op @ Op::RoomAppend { .. } => {
                 if room_history > 0 {
-                    carry.rooms.push((room, record, taken));
+                    carry.later.push((op, taken));
                 }
             }
         }
@@ -659,26 +659,39 @@ fn write_batch(
     }
     pending.retain(|_, list| !list.is_empty());
     carry.entries = carry.by_name.values().map(Vec::len).sum();
-    let rooms_due = carry.rooms.first().is_some_and(|(_, _, at)| {
-        all || carry.rooms.len() > CARRY_MAX_ENTRIES || cutoff.is_some_and(|cutoff| *at <= cutoff)
+    let later_due = carry.later.first().is_some_and(|(_, at)| {
+        all || carry.later.len() > CARRY_MAX_ENTRIES || cutoff.is_some_and(|cutoff| *at <= cutoff)
     });
-    if rooms_due {
+    if later_due {
         let keep = u64::try_from(room_history).unwrap_or(u64::MAX);
-        for (room, record, _) in carry.rooms.drain(..) {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO room_log (room, rseq, ts, sender, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                room,
-                int(record.rseq),
-                int(record.ts),
-                record.from,
-                record.text
-            ])?;
-            if record.rseq > keep {
-                tx.prepare_cached("DELETE FROM room_log WHERE room = ?1 AND rseq <= ?2")?
-                    .execute(params![room, int(record.rseq - keep)])?;
+        for (op, at) in carry.later.drain(..) {
+            match op {
+                Op::Touch { name } => {
+                    tx.prepare_cached(
+                        "INSERT INTO names (name, last_seen) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                    )?
+                    .execute(params![name, now - int(ms_since(at))])?;
+                }
+                Op::RoomAppend { room, record } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO room_log (room, rseq, ts, sender, text)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        room,
+                        int(record.rseq),
+                        int(record.ts),
+                        record.from,
+                        record.text
+                    ])?;
+                    if record.rseq > keep {
+                        tx.prepare_cached("DELETE FROM room_log WHERE room = ?1 AND rseq <= ?2")?
+                            .execute(params![room, int(record.rseq - keep)])?;
+                    }
+                }
+                // Only the two kinds above are deferred.
+                _ => {}
             }
         }
     }
