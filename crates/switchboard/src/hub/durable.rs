@@ -475,21 +475,19 @@ impl Hub {
 /// What the store keeps of a message, or `None` for messages not stored.
 fn record_for(message: &Message) -> Option<Record> {
     let ts = message.ts();
-    let (kind, from, text, payload) = match message.body() {
-        Body::Direct { from, text, .. } => {
-            (RecordKind::Direct, Some(from.to_shared()), text.clone(), None)
-        }
-        Body::Server { text, broadcast: false } => (RecordKind::Server, None, text.clone(), None),
-        Body::Server { text, broadcast: true } => (RecordKind::Broadcast, None, text.clone(), None),
+    let (kind, from, payload) = match message.body() {
+        Body::Direct { from, .. } => (RecordKind::Direct, Some(from.to_shared()), None),
+        Body::Server { broadcast: false, .. } => (RecordKind::Server, None, None),
+        Body::Server { broadcast: true, .. } => (RecordKind::Broadcast, None, None),
         Body::Binary { from, room: None, payload } => {
-            (RecordKind::Binary, Some(from.to_shared()), String::new(), Some(payload.clone()))
+            (RecordKind::Binary, Some(from.to_shared()), Some(payload.clone()))
         }
-        Body::Receipt { id, to } => (RecordKind::Receipt, Some(to.to_shared()), id.clone(), None),
+        Body::Receipt { to, .. } => (RecordKind::Receipt, Some(to.to_shared()), None),
         Body::Room { .. } | Body::Presence { .. } | Body::Binary { room: Some(_), .. } => {
             return None
         }
     };
-    Some(Record { kind, ts, from, text, payload })
+    Some(Record { kind, ts, from, text: message.stored_text(), payload })
 }
 
 /// A stored entry of `name`'s inbox as the message it was, with its seq.
@@ -497,13 +495,15 @@ pub fn entry_message(name: &ClientName, entry: Entry) -> Option<(Arc<Message>, u
     let Entry { seq, record } = entry;
     let from = record.from.as_deref().and_then(|from| ClientName::parse(from).ok());
     let body = match record.kind {
-        RecordKind::Direct => Body::Direct { from: from?, to: name.clone(), text: record.text },
-        RecordKind::Server => Body::Server { text: record.text, broadcast: false },
-        RecordKind::Broadcast => Body::Server { text: record.text, broadcast: true },
+        RecordKind::Direct => {
+            Body::Direct { from: from?, to: name.clone(), text: record.text.to_string() }
+        }
+        RecordKind::Server => Body::Server { text: record.text.to_string(), broadcast: false },
+        RecordKind::Broadcast => Body::Server { text: record.text.to_string(), broadcast: true },
         RecordKind::Binary => {
             Body::Binary { from: from?, room: None, payload: record.payload.unwrap_or_default() }
         }
-        RecordKind::Receipt => Body::Receipt { id: record.text, to: from? },
+        RecordKind::Receipt => Body::Receipt { id: record.text.to_string(), to: from? },
     };
     Some((Arc::new(Message::at(record.ts, body)), seq))
 }

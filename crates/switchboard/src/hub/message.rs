@@ -85,6 +85,9 @@ pub struct Message {
     classic: OnceLock<Option<Utf8Bytes>>,
     /// The v1 frame minus `seq`.
     v1: OnceLock<EncodedDelivery>,
+    /// The text as kept by the durable store (issue 7), made once and shared
+    /// by every recipient's inbox entry.
+    stored_text: OnceLock<Arc<str>>,
 }
 
 /// Milliseconds since the Unix epoch, by the hub's clock.
@@ -101,7 +104,13 @@ impl Message {
     /// A message accepted at `ts` (ms since the Unix epoch): a stored one,
     /// replayed with its original time.
     pub fn at(ts: u64, body: Body) -> Message {
-        Message { ts, body, classic: OnceLock::new(), v1: OnceLock::new() }
+        Message {
+            ts,
+            body,
+            classic: OnceLock::new(),
+            v1: OnceLock::new(),
+            stored_text: OnceLock::new(),
+        }
     }
 
     /// As [`Message::new`], with the classic frame already encoded by the
@@ -182,6 +191,20 @@ impl Message {
                 .map(Utf8Bytes::from)
             })
             .as_ref()
+    }
+
+    /// The text the durable store keeps for this message (the text, or a
+    /// receipt's id), shared: cloning it is a reference count.
+    pub fn stored_text(&self) -> Arc<str> {
+        self.stored_text
+            .get_or_init(|| match &self.body {
+                Body::Direct { text, .. } | Body::Room { text, .. } | Body::Server { text, .. } => {
+                    Arc::from(text.as_str())
+                }
+                Body::Receipt { id, .. } => Arc::from(id.as_str()),
+                Body::Presence { .. } | Body::Binary { .. } => Arc::from(""),
+            })
+            .clone()
     }
 
     /// The v1 text frame for the recipient's `seq`. `None` for binary payloads.

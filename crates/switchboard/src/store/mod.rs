@@ -115,8 +115,9 @@ pub struct Record {
     pub ts: u64,
     /// The sender's name (for `Direct`, `Binary`, `Receipt`).
     pub from: Option<Name>,
-    /// The text (or, for a receipt, the acknowledged message's id).
-    pub text: String,
+    /// The text (or, for a receipt, the acknowledged message's id), shared
+    /// with the message: a broadcast's entries share one copy.
+    pub text: Arc<str>,
     /// A binary message's payload.
     pub payload: Option<Bytes>,
 }

@@ -63,7 +63,7 @@ fn record(text: &str) -> Record {
         kind: RecordKind::Direct,
         ts: now_ms(),
         from: Some("alice".into()),
-        text: text.to_owned(),
+        text: text.into(),
         payload: None,
     }
 }
