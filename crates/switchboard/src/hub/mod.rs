@@ -16,6 +16,11 @@
 //!   does not keep up is disconnected rather than buffered without bound.
 //! - The state lock is a `std::sync::Mutex`, held for map operations and
 //!   non-blocking pushes only, never across an `.await`.
+//! - Every delivery to a name passes through its `Inbox` lock (`inbox.rs`), which
+//!   assigns the name's next `seq`, queues the store append (issue 7,
+//!   `durable.rs`) and pushes to the live outbox, in that order: seqs reach
+//!   the wire in order, and nothing can acknowledge an entry before the
+//!   store has it. Lock order: state, then an inbox; never the reverse.
 
 mod durable;
 mod event;
