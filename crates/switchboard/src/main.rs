@@ -199,6 +199,13 @@ impl ServeArgs {
     }
 }
 
+/// mimalloc instead of the system allocator: per-thread heaps, no arena
+/// fragmentation after many connections come and go, and cheap frees of
+/// blocks allocated on another thread (the store thread frees what the
+/// routers allocated). See docs/performance.md for the measurement.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
