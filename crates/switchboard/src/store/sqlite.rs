@@ -3,7 +3,7 @@
 //! sweep. Only this thread touches the connection, so SQLite never waits on
 //! its own locks and the hub never waits on SQLite.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -527,6 +527,8 @@ fn write_batch(
     let taken = Instant::now();
     let mut effects = Effects::default();
     let pending = &mut carry.by_name;
+    // (sender, client id) pairs this batch's appends already remembered.
+    let mut kept_ids: HashSet<(Name, String)> = HashSet::new();
     for op in ops {
         match op {
             Op::Append { name, seq, record, client_id, receipt, live } => {
@@ -539,6 +541,9 @@ fn write_batch(
                         "INSERT OR REPLACE INTO sent (sender, client_id, ts) VALUES (?1, ?2, ?3)",
                     )?
                     .execute(params![sender, id, now])?;
+                    // The hub's `Sent` for this id (it carries the sender's
+                    // ack) usually follows in the same batch: no second write.
+                    kept_ids.insert((Arc::clone(sender), id.clone()));
                 }
                 pending.entry(name).or_default().push(Pending {
                     at: taken,
@@ -600,6 +605,9 @@ fn write_batch(
                 .execute(params![name, int(upto)])?;
             }
             Op::Sent { sender, id } => {
+                if kept_ids.remove(&(Arc::clone(&sender), id.clone())) {
+                    continue;
+                }
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO sent (sender, client_id, ts) VALUES (?1, ?2, ?3)",
                 )?
