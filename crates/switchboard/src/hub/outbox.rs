@@ -6,12 +6,17 @@
 //! past the limit, the push fails and the client is closed with
 //! [`CloseReason::SlowConsumer`]: a reader that stops reading costs the server
 //! at most the limit, and never slows its senders down.
+//!
+//! The queue is a `VecDeque` behind a lock held for one push or one swap:
+//! the writer takes everything queued at once, an idle client's queue holds
+//! no allocation, and a burst's buffer is freed when the queue runs dry.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::message::Message;
@@ -24,6 +29,10 @@ pub struct Replay {
     /// The store's answer: entries in seq order.
     pub entries: tokio::sync::oneshot::Receiver<Result<Vec<Entry>, String>>,
 }
+
+/// Queue capacity (items) an idle receiver keeps; a larger buffer left by a
+/// burst is freed when the queue runs dry.
+const IDLE_CAPACITY: usize = 64;
 
 /// Fixed cost charged per queued item on top of its payload, so that a flood
 /// of tiny messages is bounded too (roughly the size of the queue node).
@@ -65,14 +74,25 @@ impl Outgoing {
 }
 
 /// The producer side of a client's queue; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<(Outgoing, usize)>,
     shared: Arc<OutboxShared>,
 }
 
+/// The queue itself is a `VecDeque` under a short lock rather than a channel:
+/// an idle client's empty queue allocates nothing (a tokio channel allocates
+/// a block of 32 slots up front, ~1.3 KiB per connection), and the writer
+/// takes everything queued with one lock per batch.
 #[derive(Debug)]
 struct OutboxShared {
+    /// Items pushed and not yet taken by the writer, with their cost.
+    items: Mutex<VecDeque<(Outgoing, usize)>>,
+    /// Wakes the writer; a push with nobody waiting leaves a permit.
+    ready: Notify,
+    /// Live [`Outbox`] handles: when the last one goes, `recv` ends.
+    senders: AtomicUsize,
+    /// The receiver is gone: pushes fail.
+    receiver_gone: AtomicBool,
     /// Bytes pushed and not yet handed to the socket.
     queued: AtomicUsize,
     /// The most bytes that may be queued.
@@ -81,11 +101,39 @@ struct OutboxShared {
     closer: Arc<Closer>,
 }
 
+impl OutboxShared {
+    fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<(Outgoing, usize)>> {
+        self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The consumer side, owned by the client's writer task.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<(Outgoing, usize)>,
     shared: Arc<OutboxShared>,
+    /// Items taken from the shared queue in one swap, not yet returned.
+    taken: VecDeque<(Outgoing, usize)>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox { shared: self.shared.clone() }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::Release);
+    }
 }
 
 /// The push failed: the queue is full (the client is being closed) or gone.
@@ -101,10 +149,16 @@ pub enum PushError {
 
 /// Creates a queue that holds at most `limit` bytes.
 pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shared =
-        Arc::new(OutboxShared { queued: AtomicUsize::new(0), limit, closer: Arc::default() });
-    (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
+    let shared = Arc::new(OutboxShared {
+        items: Mutex::new(VecDeque::new()),
+        ready: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
+        queued: AtomicUsize::new(0),
+        limit,
+        closer: Arc::default(),
+    });
+    (Outbox { shared: shared.clone() }, OutboxReceiver { shared, taken: VecDeque::new() })
 }
 
 impl Outbox {
@@ -125,7 +179,13 @@ impl Outbox {
             self.shared.closer.close(CloseReason::SlowConsumer { limit: self.shared.limit });
             return Err(PushError::Overflow);
         }
-        self.tx.send((item, cost)).map_err(|_| PushError::Closed)
+        if self.shared.receiver_gone.load(Ordering::Acquire) {
+            self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
+            return Err(PushError::Closed);
+        }
+        self.shared.items().push_back((item, cost));
+        self.shared.ready.notify_one();
+        Ok(())
     }
 
     /// Bytes queued and not yet written.
@@ -142,14 +202,38 @@ impl Outbox {
 impl OutboxReceiver {
     /// Waits for the next item; `None` once every producer is gone.
     pub async fn recv(&mut self) -> Option<Outgoing> {
-        let (item, cost) = self.rx.recv().await?;
-        self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
-        Some(item)
+        loop {
+            if let Some(item) = self.try_recv() {
+                return Some(item);
+            }
+            if self.shared.senders.load(Ordering::Acquire) == 0 {
+                // A last push may have raced the last drop.
+                return self.try_recv();
+            }
+            // A push after the check above left a permit: no lost wake-up.
+            self.shared.ready.notified().await;
+        }
     }
 
     /// Takes the next item if one is ready.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        let (item, cost) = self.rx.try_recv().ok()?;
+        if self.taken.is_empty() {
+            let mut items = self.shared.items();
+            if items.is_empty() {
+                // Idle: give back what a burst grew, on both sides of the swap.
+                if items.capacity() > IDLE_CAPACITY {
+                    *items = VecDeque::new();
+                }
+                drop(items);
+                if self.taken.capacity() > IDLE_CAPACITY {
+                    self.taken = VecDeque::new();
+                }
+                return None;
+            }
+            // Take the whole queue; producers keep our (empty) buffer.
+            std::mem::swap(&mut *items, &mut self.taken);
+        }
+        let (item, cost) = self.taken.pop_front()?;
         self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
         Some(item)
     }
