@@ -298,4 +298,36 @@ mod tests {
         assert!(rx.try_recv().is_some());
         assert_eq!(outbox.queued_bytes(), 0);
     }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_pushes_and_ends_with_the_last_sender() {
+        let (outbox, mut rx) = outbox(1 << 20);
+        let other = outbox.clone();
+        let pusher = std::thread::spawn(move || {
+            for i in 0..1000 {
+                other.push(Outgoing::Text(i.to_string())).unwrap_or_else(|e| panic!("{e}"));
+            }
+        });
+        for i in 0..1000 {
+            match rx.recv().await {
+                Some(Outgoing::Text(text)) => assert_eq!(text, i.to_string(), "FIFO"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        pusher.join().unwrap_or_else(|_| panic!("pusher panicked"));
+        // A burst's buffers are released once the queue runs dry.
+        assert!(rx.try_recv().is_none());
+        assert!(rx.taken.capacity() <= IDLE_CAPACITY);
+        assert!(rx.shared.items().capacity() <= IDLE_CAPACITY);
+        drop(outbox);
+        assert!(rx.recv().await.is_none(), "no producer left");
+    }
+
+    #[test]
+    fn pushes_fail_once_the_writer_is_gone() {
+        let (outbox, rx) = outbox(1000);
+        drop(rx);
+        assert_eq!(outbox.push(Outgoing::Text("x".into())), Err(PushError::Closed));
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
 }
