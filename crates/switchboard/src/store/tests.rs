@@ -169,13 +169,11 @@ fn ack_deletes_and_reports_removed_and_receipts() {
     store.close();
 }
 
-#[test]
-fn append_and_ack_in_one_batch_never_touch_the_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+/// Creates the database in `cfg`'s directory with an audit trigger that
+/// records every row ever inserted into the inbox; returns a connection to read it.
+fn audited(cfg: &StoreConfig) -> rusqlite::Connection {
     let (store, _, _) = open(cfg.clone());
     store.close();
-    // An audit trigger sees every row ever inserted into the inbox.
     let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
     db.execute_batch(
         "CREATE TABLE audit (name TEXT, seq INTEGER);
@@ -183,6 +181,24 @@ fn append_and_ack_in_one_batch_never_touch_the_disk() {
          BEGIN INSERT INTO audit VALUES (new.name, new.seq); END;",
     )
     .unwrap();
+    db
+}
+
+/// Every (name, seq) ever inserted into the inbox, sorted.
+fn inserted(db: &rusqlite::Connection) -> Vec<(String, i64)> {
+    db.prepare("SELECT name, seq FROM audit ORDER BY name, seq")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn append_and_ack_in_one_batch_never_touch_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let db = audited(&cfg);
 
     let (store, _, rec) = open(cfg.clone());
     let held = hold(&store);
@@ -214,14 +230,7 @@ fn append_and_ack_in_one_batch_never_touch_the_disk() {
     );
     store.close();
 
-    let audited: Vec<(String, i64)> = db
-        .prepare("SELECT name, seq FROM audit ORDER BY name, seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(audited, [("bob".to_owned(), 4), ("bob".to_owned(), 5)]);
+    assert_eq!(inserted(&db), [("bob".to_owned(), 4), ("bob".to_owned(), 5)]);
 }
 
 #[test]
@@ -397,23 +406,7 @@ fn dropping_every_handle_stops_the_thread() {
 fn live_appends_are_carried_until_acked_and_never_written() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (store, _, _) = open(cfg.clone());
-    store.close();
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
-    db.execute_batch(
-        "CREATE TABLE audit (name TEXT, seq INTEGER);
-         CREATE TRIGGER audit_inbox AFTER INSERT ON inbox
-         BEGIN INSERT INTO audit VALUES (new.name, new.seq); END;",
-    )
-    .unwrap();
-    let audited = |db: &rusqlite::Connection| -> Vec<(String, i64)> {
-        db.prepare("SELECT name, seq FROM audit ORDER BY name, seq")
-            .unwrap()
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
+    let db = audited(&cfg);
 
     let (store, _, rec) = open(cfg.clone());
     let live = |seq| Op::Append {
@@ -438,5 +431,5 @@ fn live_appends_are_carried_until_acked_and_never_written() {
     assert_eq!(replay(&store, "carol", 0, 10).len(), 1);
     store.submit(live(3)).unwrap();
     store.close(); // closing writes the carried append
-    assert_eq!(audited(&db), [("bob".to_owned(), 3), ("carol".to_owned(), 1)]);
+    assert_eq!(inserted(&db), [("bob".to_owned(), 3), ("carol".to_owned(), 1)]);
 }

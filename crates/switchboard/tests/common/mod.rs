@@ -136,19 +136,7 @@ pub async fn classic_by_origin(server: &TestServer, name: &str) -> WsClient {
 
 /// Connects with protocol v1 and consumes the welcome.
 pub async fn v1(server: &TestServer, name: &str) -> WsClient {
-    let mut request = server.ws_url(name).into_client_request().expect("request");
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("switchboard.v1"));
-    let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("v1 connect");
-    assert_eq!(
-        response.headers().get("sec-websocket-protocol").map(|v| v.as_bytes()),
-        Some(&b"switchboard.v1"[..])
-    );
-    let mut client = WsClient { socket };
-    let welcome = client.recv_json().await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    client
+    v1_url(&server.ws_url(name)).await.0
 }
 
 /// Tries a handshake and returns the HTTP status and body of a refusal.
