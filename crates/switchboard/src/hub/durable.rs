@@ -369,6 +369,28 @@ impl Hub {
         Ok(accepted)
     }
 
+    /// Resolves once everything routed before the call is durable (at once
+    /// without a store): the operator API answers after it, so that its
+    /// 200 means stored, as a client's ack does.
+    ///
+    /// # Errors
+    /// [`RouteError::StoreUnavailable`] when the store is overloaded or a
+    /// commit failed.
+    pub async fn committed(&self) -> Result<(), RouteError> {
+        let Some(store) = self.shared.store.get() else { return Ok(()) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let then: crate::store::Completion = Box::new(move |ok| {
+            let _ = tx.send(ok);
+        });
+        store
+            .submit_then(Op::Barrier, Some(then))
+            .map_err(|error| RouteError::StoreUnavailable(error.to_string()))?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(RouteError::StoreUnavailable("the message store failed to commit".into())),
+        }
+    }
+
     /// A client-ack session acknowledges every delivery up to `seq`.
     pub fn ack(&self, client: &Client, seq: u64) {
         let Some(store) = client.inbox.store() else { return };

@@ -268,6 +268,9 @@ pub enum Op {
         /// The name.
         name: Name,
     },
+    /// Changes nothing: its completion runs once everything submitted
+    /// before it is committed (the operator API answers after it).
+    Barrier,
 }
 
 /// Runs after an operation's transaction has committed (or failed:
@@ -516,5 +519,6 @@ fn op_cost(op: &Op) -> usize {
         Op::Append { name, record, client_id, .. } => name.len() + record.size() + opt(client_id),
         Op::Sent { sender, id } => sender.len() + id.len(),
         Op::RoomAppend { room, record } => room.len() + record.text.len() + opt(&record.from),
+        Op::Barrier => 0,
     }
 }

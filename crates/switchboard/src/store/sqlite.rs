@@ -582,6 +582,7 @@ fn write_batch(
                     }
                 }
             }
+            Op::Barrier => {}
             Op::Purge { name } => {
                 on_disk.remove(&*name);
                 if let Some(list) = pending.remove(&name) {
