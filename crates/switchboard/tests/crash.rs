@@ -1,7 +1,8 @@
 //! Issue 7, crash safety with real processes: kill -9 the server while a
 //! sender streams DMs to an offline recipient, restart it on the same data
 //! directory, and check that every acknowledged message is delivered exactly
-//! once and in order, and that retries are deduplicated.
+//! once and in order, and that retries are deduplicated; and that an
+//! operator message the API answered 200 survives a kill -9 right after.
 
 mod common;
 
@@ -208,4 +209,41 @@ async fn kill_9_mid_stream_loses_no_acked_message_and_delivers_none_twice() {
     bob.send_json(json!({"type": "ack", "seq": last_seq})).await;
     bob.send_json(json!({"type": "ping", "id": "end"})).await;
     assert_eq!(bob.recv_json().await, json!({"type": "pong", "id": "end"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_message_answered_200_survives_kill_9() {
+    // The API answers a message for one client after the store commit, so a
+    // kill -9 right after the 200 cannot lose it.
+    let dir = temp_data_dir();
+    let dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
+    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
+    let (bob, _) = v1_url(&server.ws_url("bob")).await;
+    bob.close().await;
+    wait_offline(&server, "bob").await;
+
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let response = http
+            .post(server.http("/api/clients/bob/messages"))
+            .body(format!("notice {i}"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["status"], "stored", "{body}");
+    }
+    server.signal("KILL").await;
+    assert_eq!(server.wait().await, None, "killed by a signal");
+
+    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
+    let (mut bob, _) = v1_url(&server.ws_url("bob")).await;
+    for i in 0..20 {
+        let delivery = bob.recv_json().await;
+        assert_eq!(
+            (&delivery["type"], &delivery["text"]),
+            (&json!("server"), &json!(format!("notice {i}")))
+        );
+    }
 }
