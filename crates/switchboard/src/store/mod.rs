@@ -354,10 +354,17 @@ impl Store {
         config: StoreConfig,
         listener: Arc<dyn StoreListener>,
     ) -> Result<(Store, Snapshot), StoreError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::Io {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        let io = |source| StoreError::Io { path: config.data_dir.display().to_string(), source };
+        // Messages at rest are private: a directory the store creates is
+        // readable by the server's user only. One that exists is left as the
+        // operator set it up.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        if !config.data_dir.is_dir() {
+            builder.create(&config.data_dir).map_err(io)?;
+        }
         let path = config.data_dir.join(DB_FILE);
         let mut conn = sqlite::open(&path, config.sync)?;
         let snapshot = sqlite::load(&mut conn, &config)

@@ -433,3 +433,15 @@ fn live_appends_are_carried_until_acked_and_never_written() {
     store.close(); // closing writes the carried append
     assert_eq!(inserted(&db), [("bob".to_owned(), 3), ("carol".to_owned(), 1)]);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_data_dir_the_store_creates_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir.path().join("nested").join("data"));
+    let (store, _, _) = open(cfg.clone());
+    store.close();
+    let mode = std::fs::metadata(&cfg.data_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
