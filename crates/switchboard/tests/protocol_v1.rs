@@ -817,7 +817,7 @@ async fn welcome_is_first_even_when_messages_race_the_handshake() {
             if target >= ROUNDS {
                 break;
             }
-            let _ = hub.send_to(&format!("late-{target}"), "early".into());
+            let _ = hub.send_to(&format!("late-{target}"), "early".into()).await;
             tokio::task::yield_now().await;
         }
     });

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use switchboard_protocol::{ClientName, RoomName};
 
 use crate::hub::{
-    Body, ClientInfo, EventKind, HubEvent, Message, Protocol, RegisterError, RouteError,
+    Accepted, Body, ClientInfo, EventKind, HubEvent, Message, OnCommit, Protocol, RegisterError,
+    RouteError,
 };
 
 /// A future returned by [`Bus::claim`].
@@ -74,6 +75,40 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn remote_clients(&self) -> Vec<ClientInfo>;
     /// Rooms with members on other nodes, and those members.
     fn remote_rooms(&self) -> HashMap<RoomName, Vec<ClientName>>;
+
+    // --- issue 7 in cluster mode: deliveries handed to the node holding a
+    // name wait for that node's answer (sent once it has stored them).
+
+    /// This node's id.
+    fn node_id(&self) -> &str {
+        ""
+    }
+    /// Keeps `answer` until [`Bus::take_answer`] with the returned token
+    /// (or a timeout answers it with [`RouteError::ClusterUnavailable`]).
+    ///
+    /// # Errors
+    /// Gives `answer` back when too many answers are awaited already.
+    fn expect_answer(&self, answer: OnCommit) -> Result<u64, OnCommit> {
+        Err(answer)
+    }
+    /// The answer kept under `token`, if it has not timed out.
+    fn take_answer(&self, _token: u64) -> Option<OnCommit> {
+        None
+    }
+    /// Tells `node` the outcome of the send it registered as `token`.
+    fn answer(&self, _node: &str, _token: u64, _outcome: Result<Accepted, RouteError>) {}
+    /// The frame that hands `message` for `to` to the node holding `to`,
+    /// asking it to answer `reply` (node, token) once stored.
+    fn direct_frame(
+        &self,
+        _to: &str,
+        _message: &Message,
+        _id: Option<&str>,
+        _receipt: bool,
+        _reply: Option<(&str, u64)>,
+    ) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 /// The single-node bus: nobody is remote. Without `--cluster` this is the
@@ -228,6 +263,9 @@ pub enum Envelope {
         to: String,
         /// The text.
         text: String,
+        /// Issue 7: what the receiving node stores with it and whom it answers.
+        #[serde(default, flatten)]
+        kept: Kept,
     },
     /// A binary payload (appended after the header) to a client or a room.
     Binary {
@@ -237,6 +275,25 @@ pub enum Envelope {
         to: Option<String>,
         /// The room, for a room payload.
         room: Option<String>,
+        /// Issue 7, for a direct payload: as for `Direct`.
+        #[serde(default, flatten)]
+        kept: Kept,
+    },
+    /// Issue 7: a delivery receipt for `to`: `by` acknowledged its message `id`.
+    Receipt {
+        /// The sender of the acknowledged message.
+        to: String,
+        /// Its client id.
+        id: String,
+        /// The recipient who acknowledged it.
+        by: String,
+    },
+    /// Issue 7: the outcome of a send that a node registered as `token`.
+    Answer {
+        /// The waiting node's token.
+        token: u64,
+        /// What became of the send.
+        outcome: WireOutcome,
     },
     /// A room publish: each node delivers to its own members.
     Room {
@@ -253,6 +310,9 @@ pub enum Envelope {
         to: Option<String>,
         /// The text.
         text: String,
+        /// Issue 7, for one recipient: as for `Direct`.
+        #[serde(default, flatten)]
+        kept: Kept,
     },
     /// The operator disconnects a client on the receiving node.
     Kick {
@@ -275,6 +335,93 @@ pub enum Envelope {
         /// The clients.
         clients: Vec<WireClient>,
     },
+}
+
+/// Issue 7 in cluster mode: the sender's client id, its receipt request, and
+/// the node and token waiting for the outcome of a forwarded delivery.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Kept {
+    /// The sender's client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Send a receipt to the sender once acknowledged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receipt: bool,
+    /// The node waiting for the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_node: Option<String>,
+    /// Its token for this send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_token: Option<u64>,
+}
+
+impl Kept {
+    /// The (node, token) to answer, if any.
+    pub fn reply(&self) -> Option<(String, u64)> {
+        Some((self.reply_node.clone()?, self.reply_token?))
+    }
+}
+
+/// The outcome of a forwarded send, as it crosses the bus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub enum WireOutcome {
+    /// Delivered to the live session (and stored).
+    Live,
+    /// Stored for later.
+    Stored,
+    /// A retry of a recent client id.
+    Duplicate,
+    /// The name never connected.
+    Unknown {
+        /// The name.
+        name: String,
+    },
+    /// The inbox is full.
+    Full {
+        /// Why.
+        message: String,
+    },
+    /// The recipient is not reading and is being disconnected.
+    Overflow {
+        /// The name.
+        name: String,
+    },
+    /// Anything else: retry later.
+    Unavailable {
+        /// Why.
+        message: String,
+    },
+}
+
+impl From<Result<Accepted, RouteError>> for WireOutcome {
+    fn from(outcome: Result<Accepted, RouteError>) -> WireOutcome {
+        match outcome {
+            Ok(Accepted::Live) => WireOutcome::Live,
+            Ok(Accepted::Stored) => WireOutcome::Stored,
+            Ok(Accepted::Duplicate) => WireOutcome::Duplicate,
+            Err(RouteError::UnknownRecipient(name) | RouteError::Offline(name)) => {
+                WireOutcome::Unknown { name }
+            }
+            Err(RouteError::InboxFull(message)) => WireOutcome::Full { message },
+            Err(RouteError::RecipientOverflow(name)) => WireOutcome::Overflow { name },
+            Err(other) => WireOutcome::Unavailable { message: other.to_string() },
+        }
+    }
+}
+
+impl From<WireOutcome> for Result<Accepted, RouteError> {
+    fn from(outcome: WireOutcome) -> Result<Accepted, RouteError> {
+        match outcome {
+            WireOutcome::Live => Ok(Accepted::Live),
+            WireOutcome::Stored => Ok(Accepted::Stored),
+            WireOutcome::Duplicate => Ok(Accepted::Duplicate),
+            WireOutcome::Unknown { name } => Err(RouteError::UnknownRecipient(name)),
+            WireOutcome::Full { message } => Err(RouteError::InboxFull(message)),
+            WireOutcome::Overflow { name } => Err(RouteError::RecipientOverflow(name)),
+            WireOutcome::Unavailable { message } => Err(RouteError::StoreUnavailable(message)),
+        }
+    }
 }
 
 /// An envelope with its origin node and, for binary messages, its payload.
@@ -330,10 +477,18 @@ impl Frame {
 /// `to` is the recipient for direct messages. `None` for presence, which
 /// never crosses the bus (each node derives it from events).
 pub fn envelope_for(message: &Message, to: Option<&str>) -> Option<(Envelope, Bytes)> {
+    envelope_kept(message, to, Kept::default())
+}
+
+/// As [`envelope_for`], with what a shared-inbox node stores and answers.
+pub fn envelope_kept(message: &Message, to: Option<&str>, kept: Kept) -> Option<(Envelope, Bytes)> {
     let envelope = match message.body() {
-        Body::Direct { from, to, text } => {
-            Envelope::Direct { from: from.to_string(), to: to.to_string(), text: text.clone() }
-        }
+        Body::Direct { from, to, text } => Envelope::Direct {
+            from: from.to_string(),
+            to: to.to_string(),
+            text: text.clone(),
+            kept,
+        },
         // Room history (issue 7) is per node: the rseq stays local.
         Body::Room { room, from, text, .. } => Envelope::Room {
             room: room.to_string(),
@@ -343,6 +498,7 @@ pub fn envelope_for(message: &Message, to: Option<&str>) -> Option<(Envelope, By
         Body::Server { text, broadcast } => Envelope::Server {
             to: (!broadcast).then(|| to.unwrap_or_default().to_owned()),
             text: text.clone(),
+            kept,
         },
         Body::Binary { from, room, payload } => {
             return Some((
@@ -350,12 +506,17 @@ pub fn envelope_for(message: &Message, to: Option<&str>) -> Option<(Envelope, By
                     from: from.to_string(),
                     to: to.map(str::to_owned),
                     room: room.as_ref().map(ToString::to_string),
+                    kept,
                 },
                 payload.clone(),
             ))
         }
-        // Receipts (issue 7) go to the sender's node-local inbox.
-        Body::Presence { .. } | Body::Receipt { .. } => return None,
+        Body::Receipt { id, to: by } => Envelope::Receipt {
+            to: to.unwrap_or_default().to_owned(),
+            id: id.clone(),
+            by: by.to_string(),
+        },
+        Body::Presence { .. } => return None,
     };
     Some((envelope, Bytes::new()))
 }
@@ -475,12 +636,41 @@ mod tests {
 
     #[test]
     fn frames_round_trip_with_raw_payloads() {
-        let envelope = Envelope::Binary { from: "a".into(), to: Some("b".into()), room: None };
+        let envelope = Envelope::Binary {
+            from: "a".into(),
+            to: Some("b".into()),
+            room: None,
+            kept: Kept::default(),
+        };
         let bytes = Frame::encode("n1", envelope, &[0, 1, 2, 255]);
         let frame = Frame::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(frame.origin, "n1");
         assert_eq!(&frame.payload[..], &[0, 1, 2, 255]);
         assert!(matches!(frame.envelope, Envelope::Binary { to: Some(ref t), .. } if t == "b"));
         assert!(matches!(Frame::decode(&[0, 0, 0, 9, b'{']), Err(EnvelopeError::Truncated)));
+    }
+
+    #[test]
+    fn forwarded_deliveries_carry_their_id_and_whom_to_answer() {
+        let kept = Kept {
+            id: Some("m1".into()),
+            receipt: true,
+            reply_node: Some("n1".into()),
+            reply_token: Some(7),
+        };
+        let envelope =
+            Envelope::Direct { from: "a".into(), to: "b".into(), text: "hi".into(), kept };
+        let frame =
+            Frame::decode(&Frame::encode("n1", envelope, &[])).unwrap_or_else(|e| panic!("{e}"));
+        let Envelope::Direct { kept, .. } = frame.envelope else { panic!("not direct") };
+        assert_eq!(kept.reply(), Some(("n1".to_owned(), 7)));
+        assert_eq!((kept.id.as_deref(), kept.receipt), (Some("m1"), true));
+        let answer = Envelope::Answer { token: 7, outcome: WireOutcome::Stored };
+        let frame =
+            Frame::decode(&Frame::encode("n2", answer, &[])).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            frame.envelope,
+            Envelope::Answer { token: 7, outcome: WireOutcome::Stored }
+        ));
     }
 }

@@ -43,10 +43,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    envelope_for, wire_event, Bus, ClaimFuture, ClusterError, ClusterOptions, Directory, Envelope,
-    Frame, RemoteClient, WireClient, WireEvent,
+    envelope_for, envelope_kept, wire_event, Bus, ClaimFuture, ClusterError, ClusterOptions,
+    Directory, Envelope, Frame, Kept, RemoteClient, WireClient, WireEvent,
 };
-use crate::hub::{Body, ClientInfo, EventKind, Hub, HubEvent, Message, RegisterError, RouteError};
+use crate::hub::{
+    Accepted, Body, ClientInfo, EventKind, Hub, HubEvent, Message, OnCommit, RegisterError,
+    RouteError,
+};
 
 /// Commands queued for the bus task; more than this and sends are refused
 /// rather than buffered without bound.
@@ -57,6 +60,10 @@ const BATCH: usize = 512;
 const REFRESH_CHUNK: usize = 500;
 /// Connect and response timeout for Redis.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most forwarded sends waiting for an answer; beyond, sends are refused.
+const MAX_AWAITED: usize = 65_536;
+/// How long a forwarded send waits for the holder's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -93,7 +100,6 @@ enum Command {
 }
 
 /// The Redis implementation of [`Bus`]; see the module docs.
-#[derive(Debug)]
 pub struct RedisBus {
     options: ClusterOptions,
     tx: mpsc::Sender<Command>,
@@ -103,6 +109,16 @@ pub struct RedisBus {
     dropped: AtomicU64,
     /// Times the bus went from healthy to degraded.
     outages: AtomicU64,
+    /// Issue 7: sends forwarded to the node holding their recipient, waiting
+    /// for its answer, by token.
+    answers: Mutex<HashMap<u64, (Instant, OnCommit)>>,
+    next_token: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").field("node", &self.options.node_id).finish_non_exhaustive()
+    }
 }
 
 impl RedisBus {
@@ -127,6 +143,8 @@ impl RedisBus {
             directory: Mutex::default(),
             dropped: AtomicU64::new(0),
             outages: AtomicU64::new(0),
+            answers: Mutex::default(),
+            next_token: AtomicU64::new(1),
         });
         hub.attach_bus(bus.clone());
         let task = Task { bus: bus.clone(), hub: hub.clone(), client, rx, shutdown };
@@ -269,6 +287,80 @@ impl Bus for RedisBus {
     fn remote_rooms(&self) -> HashMap<RoomName, Vec<ClientName>> {
         self.directory().rooms()
     }
+
+    fn node_id(&self) -> &str {
+        &self.options.node_id
+    }
+
+    fn expect_answer(&self, answer: OnCommit) -> Result<u64, OnCommit> {
+        let mut answers = self.answers();
+        if answers.len() >= MAX_AWAITED {
+            return Err(answer);
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        answers.insert(token, (Instant::now() + ANSWER_TIMEOUT, answer));
+        Ok(token)
+    }
+
+    fn take_answer(&self, token: u64) -> Option<OnCommit> {
+        self.answers().remove(&token).map(|(_, answer)| answer)
+    }
+
+    fn answer(&self, node: &str, token: u64, outcome: Result<Accepted, RouteError>) {
+        if node == self.options.node_id {
+            if let Some(answer) = self.take_answer(token) {
+                answer(outcome);
+            }
+            return;
+        }
+        let envelope = Envelope::Answer { token, outcome: outcome.into() };
+        if let Err(error) = self.publish(node_key(node), envelope, &[]) {
+            tracing::warn!(%node, %error, "cannot answer a forwarded send; the sender will time out and retry");
+        }
+    }
+
+    fn direct_frame(
+        &self,
+        to: &str,
+        message: &Message,
+        id: Option<&str>,
+        receipt: bool,
+        reply: Option<(&str, u64)>,
+    ) -> Vec<u8> {
+        let kept = Kept {
+            id: id.map(str::to_owned),
+            receipt,
+            reply_node: reply.map(|(node, _)| node.to_owned()),
+            reply_token: reply.map(|(_, token)| token),
+        };
+        match envelope_kept(message, Some(to), kept) {
+            Some((envelope, payload)) => Frame::encode(&self.options.node_id, envelope, &payload),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl RedisBus {
+    fn answers(&self) -> MutexGuard<'_, HashMap<u64, (Instant, OnCommit)>> {
+        self.answers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers the sends whose holder never answered (it crashed, or the
+    /// bus lost the answer): the sender retries, deduplicated by its id.
+    fn expire_answers(&self) {
+        let now = Instant::now();
+        let expired: Vec<OnCommit> = {
+            let mut answers = self.answers();
+            let tokens: Vec<u64> =
+                answers.iter().filter(|(_, (at, _))| *at <= now).map(|(t, _)| *t).collect();
+            tokens.into_iter().filter_map(|t| answers.remove(&t)).map(|(_, a)| a).collect()
+        };
+        for answer in expired {
+            answer(Err(RouteError::StoreUnavailable(
+                "no answer from the node holding the recipient; retry".into(),
+            )));
+        }
+    }
 }
 
 /// The event's own time: `Joined` carries "now" in its client record.
@@ -405,6 +497,7 @@ impl Task {
     /// Commands queued while the connection failed: claims are answered
     /// "go ahead" (degraded), messages are counted as dropped.
     fn fail_pending(&mut self) {
+        self.bus.expire_answers();
         let mut lost = 0u64;
         while let Ok(command) = self.rx.try_recv() {
             match command {
@@ -464,6 +557,7 @@ impl Task {
                     self.on_message(&mut conn, message.get_payload_bytes()).await?;
                 }
                 _ = tick.tick() => {
+                    self.bus.expire_answers();
                     self.heartbeat(&mut conn, Instant::now() >= grace).await?;
                 }
             }
@@ -651,17 +745,17 @@ impl Task {
         let hub = &self.hub;
         let origin = frame.origin;
         match frame.envelope {
-            Envelope::Direct { from, to, text } => {
+            Envelope::Direct { from, to, text, kept } => {
                 if let (Ok(from), Ok(to_name)) = (hub.client_name(&from), hub.client_name(&to)) {
-                    hub.deliver_from_cluster(&to, Body::Direct { from, to: to_name, text });
+                    deliver(hub, &to, Body::Direct { from, to: to_name, text }, kept);
                 }
             }
-            Envelope::Binary { from, to, room } => {
+            Envelope::Binary { from, to, room, kept } => {
                 let Ok(from) = hub.client_name(&from) else { return Ok(()) };
                 let payload: Bytes = frame.payload;
                 match (to, room) {
                     (Some(to), _) => {
-                        hub.deliver_from_cluster(&to, Body::Binary { from, room: None, payload });
+                        deliver(hub, &to, Body::Binary { from, room: None, payload }, kept);
                     }
                     (None, Some(room)) => {
                         if let Ok(room_name) = hub.room_name(&room) {
@@ -683,10 +777,20 @@ impl Task {
                     );
                 }
             }
-            Envelope::Server { to: Some(to), text } => {
-                hub.deliver_from_cluster(&to, Body::Server { text, broadcast: false });
+            Envelope::Server { to: Some(to), text, kept } => {
+                deliver(hub, &to, Body::Server { text, broadcast: false }, kept);
             }
-            Envelope::Server { to: None, text } => {
+            Envelope::Receipt { to, id, by } => {
+                if let Ok(by) = hub.client_name(&by) {
+                    deliver(hub, &to, Body::Receipt { id, to: by }, Kept::default());
+                }
+            }
+            Envelope::Answer { token, outcome } => {
+                if let Some(answer) = self.bus.take_answer(token) {
+                    answer(outcome.into());
+                }
+            }
+            Envelope::Server { to: None, text, .. } => {
                 hub.broadcast_from_cluster(Body::Server { text, broadcast: true });
             }
             Envelope::Kick { name, reason } => hub.kick_from_cluster(&name, reason),
@@ -795,6 +899,17 @@ impl Task {
             }
         }
         effects.apply(&self.hub);
+    }
+}
+
+/// A delivery for one local client from another node: with shared inboxes
+/// (issue 7) stored and answered; otherwise live only, as in issue 8.
+fn deliver(hub: &Hub, to: &str, body: Body, kept: Kept) {
+    if hub.shares_inboxes() {
+        let reply = kept.reply();
+        hub.deliver_forwarded(to, body, kept.id, kept.receipt, reply);
+    } else {
+        hub.deliver_from_cluster(to, body);
     }
 }
 

@@ -31,7 +31,8 @@ use super::message::{now_ms, Body, Message};
 use super::outbox::{Outgoing, Replay};
 use super::{Client, Hub, RouteError, Shared, State};
 use crate::store::{
-    Entry, InboxStats, Op, Receipt, Record, RecordKind, RoomRecord, Snapshot, Store, StoreListener,
+    Entry, InboxStats, Loaded, Op, Receipt, Record, RecordKind, RoomRecord, RouteOutcome,
+    RouteRequest, Snapshot, Store, StoreListener,
 };
 
 /// How the hub took a message.
@@ -84,11 +85,14 @@ impl std::fmt::Debug for SendMeta {
 pub(crate) struct Origin<'a> {
     pub(crate) id: Option<&'a str>,
     pub(crate) receipt: bool,
+    /// Cluster mode: the node and token that wait for the outcome, when the
+    /// send was forwarded here by another node.
+    pub(crate) reply: Option<(&'a str, u64)>,
 }
 
 impl Origin<'_> {
     /// The operator: no id, no receipt.
-    pub(crate) const OPERATOR: Origin<'static> = Origin { id: None, receipt: false };
+    pub(crate) const OPERATOR: Origin<'static> = Origin { id: None, receipt: false, reply: None };
 }
 
 /// One name's inbox, for the operator API.
@@ -195,13 +199,45 @@ impl Hub {
         self.shared.store.get().is_some()
     }
 
+    /// True in cluster mode with a durable store: inboxes live in Redis and a
+    /// node holds a name's inbox only while the client is connected to it.
+    pub fn shares_inboxes(&self) -> bool {
+        self.shared.store.get().is_some_and(Store::shares_inboxes)
+    }
+
+    /// Cluster mode: this node now holds `name` (its claim is ours), so it
+    /// numbers the name's deliveries from the block `loaded` leased.
+    pub(super) fn take_over(&self, name: &ClientName, store: &Store, loaded: Loaded) {
+        let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
+        let inbox = Inbox::new(name.clone(), Some(store.clone()), loaded.next_seq);
+        {
+            let mut inner = inbox.lock();
+            inner.depth = loaded.depth;
+            inner.bytes = loaded.bytes;
+            inner.leased = loaded.leased;
+            let now = now_ms();
+            for id in &loaded.recent_ids {
+                inner.recent.insert(id, now, window_ms);
+            }
+        }
+        self.state().inboxes.insert(name.clone(), Arc::new(inbox));
+    }
+
     /// The inbox a new session of `name` uses: the known name's, created on
     /// first connect; in ephemeral mode (or past the known-name limit) one
-    /// that lives only as long as the session.
+    /// that lives only as long as the session. In cluster mode, the one
+    /// [`Hub::claim`] took over.
     pub(super) fn inbox_for_session(&self, state: &mut State, name: &ClientName) -> Arc<Inbox> {
         let store = self.shared.store.get();
         if let Some(inbox) = state.inboxes.get(name) {
             return inbox.clone();
+        }
+        if store.is_some_and(Store::shares_inboxes) {
+            // Registered without a claim (tests calling `register` directly):
+            // live delivery only, nothing numbered against the shared counter.
+            let inbox = Arc::new(Inbox::new(name.clone(), None, 1));
+            state.inboxes.insert(name.clone(), inbox.clone());
+            return inbox;
         }
         let known = match store {
             Some(store) if state.inboxes.len() < self.shared.limits.max_known_names => {
@@ -249,7 +285,7 @@ impl Hub {
             inbox.live = None;
         }
         drop(inbox);
-        if client.inbox.store().is_none() {
+        if client.inbox.store().is_none_or(Store::shares_inboxes) {
             state.inboxes.remove(&client.name);
         }
     }
@@ -319,44 +355,82 @@ impl Hub {
         &self,
         from: &Client,
         mut meta: SendMeta,
-        route: impl FnOnce(&Hub, Origin<'_>) -> Result<Accepted, RouteError>,
+        route: impl FnOnce(&Hub, Origin<'_>, &mut Option<OnCommit>) -> Result<Accepted, RouteError>,
     ) -> Result<Accepted, RouteError> {
         if let Some(id) = &meta.id {
-            if from.inbox.lock().recent.contains(id) {
+            let mut inbox = from.inbox.lock();
+            if inbox.recent.contains(id) {
+                drop(inbox);
                 if let Some(answer) = meta.on_commit.take() {
                     answer(Ok(Accepted::Duplicate));
                 }
                 return Ok(Accepted::Duplicate);
             }
+            // Remembered before routing: an outcome known later (and a
+            // failure that forgets the id) always comes after this.
+            let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
+            inbox.recent.insert(id, now_ms(), window_ms);
         }
-        let origin = Origin { id: meta.id.as_deref(), receipt: meta.receipt };
-        let accepted = route(self, origin)?;
-        let answer = meta.on_commit.take();
+        let origin = Origin { id: meta.id.as_deref(), receipt: meta.receipt, reply: None };
+        let mut answer = match (meta.on_commit.take(), &meta.id) {
+            // An id whose send failed later (a cluster route, a commit) is
+            // forgotten, so the sender's retry is not a "duplicate".
+            (Some(answer), Some(id)) => {
+                let inbox = from.inbox.clone();
+                let id = id.clone();
+                Some(Box::new(move |outcome: Result<Accepted, RouteError>| {
+                    if outcome.is_err() {
+                        inbox.lock().recent.remove(&id);
+                    }
+                    answer(outcome);
+                }) as OnCommit)
+            }
+            (answer, _) => answer,
+        };
+        let accepted = match route(self, origin, &mut answer) {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                if let Some(id) = &meta.id {
+                    from.inbox.lock().recent.remove(id);
+                }
+                return Err(error);
+            }
+        };
         let Some(id) = meta.id else {
             if let Some(answer) = answer {
                 answer(Ok(accepted));
             }
             return Ok(accepted);
         };
-        let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
-        from.inbox.lock().recent.insert(&id, now_ms(), window_ms);
         match self.shared.store.get() {
             // The id is remembered on disk in the same or a later batch than
             // the message, and the sender hears back only after that commit.
+            // (In cluster mode the append itself remembers it.) A failed
+            // commit forgets the id again, so the sender's retry is not
+            // taken for a duplicate of a message that was never stored.
             Some(store) => {
-                let then = answer.map(|answer| -> crate::store::Completion {
-                    Box::new(move |committed| {
+                let inbox = from.inbox.clone();
+                let forget = id.clone();
+                let then: crate::store::Completion = Box::new(move |committed| {
+                    if !committed {
+                        inbox.lock().recent.remove(&forget);
+                    }
+                    if let Some(answer) = answer {
                         answer(if committed {
                             Ok(accepted)
                         } else {
                             Err(RouteError::StoreUnavailable(
                                 "the message store failed to commit; retry".into(),
                             ))
-                        })
-                    })
+                        });
+                    }
                 });
-                let sent = Op::Sent { sender: from.name.to_shared(), id };
-                if let Err(error) = store.submit_then(sent, then) {
+                let op = if store.shares_inboxes() {
+                    Op::Barrier
+                } else {
+                    Op::Sent { sender: from.name.to_shared(), id }
+                };
+                if let Err(error) = store.submit_then(op, Some(then)) {
                     tracing::warn!(%error, "could not remember a client id for deduplication");
                 }
             }
@@ -367,6 +441,156 @@ impl Hub {
             }
         }
         Ok(accepted)
+    }
+
+    /// Cluster mode: a delivery to a name this node does not hold. The Redis
+    /// store stores it for the offline name or hands it to the node that
+    /// holds the name, atomically (see `store/redis.rs`); the sender's
+    /// `answer` runs with the outcome, here or (forwarded) when the holder
+    /// has stored it and answered over the bus.
+    pub(super) fn route_shared(
+        &self,
+        to: &str,
+        body: impl FnOnce(ClientName) -> Body,
+        origin: Origin<'_>,
+        answer: &mut Option<OnCommit>,
+    ) -> Result<Accepted, RouteError> {
+        let name = self.client_name(to).map_err(|_| RouteError::UnknownRecipient(to.into()))?;
+        let Some(store) = self.shared.store.get() else { return Err(self.no_inbox(to)) };
+        let message = Message::new(body(name.clone()));
+        let Some(record) = record_for(&message) else {
+            return Err(RouteError::Offline(to.to_owned()));
+        };
+        let bus = self.shared.bus.get().cloned().ok_or(RouteError::ClusterUnavailable)?;
+        if !bus.healthy() {
+            // Redis is down: neither the holder nor the inbox can be reached.
+            return Err(RouteError::ClusterUnavailable);
+        }
+        // Who waits for the outcome: a node that forwarded the send here, or
+        // this node's sender (registered with the bus, so the holder's
+        // answer finds it).
+        let (reply, waiting): (Option<(String, u64)>, Option<OnCommit>) =
+            match (origin.reply, answer.take()) {
+                (Some((node, token)), answer) => (Some((node.to_owned(), token)), answer),
+                (None, Some(answer)) => match bus.expect_answer(answer) {
+                    Ok(token) => {
+                        let waiter = bus.clone();
+                        let local: OnCommit = Box::new(move |outcome| {
+                            if let Some(answer) = waiter.take_answer(token) {
+                                answer(outcome);
+                            }
+                        });
+                        (Some((bus.node_id().to_owned(), token)), Some(local))
+                    }
+                    // Too many sends wait for answers: refuse this one (the
+                    // caller reports the error; the answer is not run).
+                    Err(_) => return Err(RouteError::ClusterUnavailable),
+                },
+                (None, None) => (None, None),
+            };
+        let reply_ref = reply.as_ref().map(|(node, token)| (node.as_str(), *token));
+        let forward = bus.direct_frame(to, &message, origin.id, origin.receipt, reply_ref);
+        let limits = &self.shared.limits;
+        let request = RouteRequest {
+            to: name.to_shared(),
+            record,
+            client_id: origin.id.map(str::to_owned),
+            receipt: origin.receipt && origin.id.is_some(),
+            forward,
+            max_messages: limits.inbox_max_messages,
+            max_bytes: limits.inbox_max_bytes,
+        };
+        let to_name = to.to_owned();
+        store.route(
+            request,
+            Box::new(move |outcome| {
+                let result = match outcome {
+                    RouteOutcome::Stored(_) => Ok(Accepted::Stored),
+                    // The holder answers the sender itself.
+                    RouteOutcome::Forwarded(_) => return,
+                    RouteOutcome::Duplicate => Ok(Accepted::Duplicate),
+                    RouteOutcome::Unknown => Err(RouteError::UnknownRecipient(to_name.clone())),
+                    RouteOutcome::Full(why) => Err(RouteError::InboxFull(why)),
+                    RouteOutcome::Failed(why) => Err(RouteError::StoreUnavailable(why)),
+                };
+                match waiting {
+                    Some(answer) => answer(result),
+                    None => {
+                        if let Err(error) = result {
+                            tracing::warn!(to = %to_name, %error, "cluster delivery refused");
+                        }
+                    }
+                }
+            }),
+        );
+        self.shared.routed.fetch_add(1, Ordering::Relaxed);
+        Ok(Accepted::Stored)
+    }
+
+    /// Cluster mode with shared inboxes: a delivery another node handed to
+    /// this one because it holds `to` (or held it when the other node
+    /// looked). Stored and delivered here, then the waiting node is answered
+    /// after the commit.
+    ///
+    /// If the client has just left, the delivery is refused (`unavailable`,
+    /// retry), not routed on: the sender's later messages may already be
+    /// stored directly, and storing this one after them would break the
+    /// sender's order. Only accepted messages are ordered.
+    pub fn deliver_forwarded(
+        &self,
+        to: &str,
+        body: Body,
+        id: Option<String>,
+        receipt: bool,
+        reply: Option<(String, u64)>,
+    ) {
+        let bus = self.shared.bus.get().cloned();
+        let mut answer: Option<OnCommit> = match (&reply, bus) {
+            (Some((node, token)), Some(bus)) => {
+                let (node, token) = (node.clone(), *token);
+                Some(Box::new(move |outcome| bus.answer(&node, token, outcome)))
+            }
+            _ => None,
+        };
+        if self.shares_inboxes() && self.inbox_of(to).is_none() {
+            if let Some(answer) = answer {
+                answer(Err(RouteError::StoreUnavailable(format!(
+                    "{to} left this node while the message was in flight; retry"
+                ))));
+            }
+            return;
+        }
+        let origin = Origin {
+            id: id.as_deref(),
+            receipt,
+            reply: reply.as_ref().map(|(node, token)| (node.as_str(), *token)),
+        };
+        match self.route_one(to, |_| body, None, origin, &mut answer) {
+            Ok(accepted) => {
+                let Some(answer) = answer else { return };
+                let Some(store) = self.shared.store.get() else {
+                    answer(Ok(accepted));
+                    return;
+                };
+                let then: crate::store::Completion = Box::new(move |committed| {
+                    answer(if committed {
+                        Ok(accepted)
+                    } else {
+                        Err(RouteError::StoreUnavailable(
+                            "the message store failed to commit; retry".into(),
+                        ))
+                    });
+                });
+                if let Err(error) = store.submit_then(Op::Barrier, Some(then)) {
+                    tracing::warn!(%error, "cannot confirm a forwarded delivery");
+                }
+            }
+            Err(error) => {
+                if let Some(answer) = answer {
+                    answer(Err(error));
+                }
+            }
+        }
     }
 
     /// Resolves once everything routed before the call is durable (at once
@@ -415,6 +639,16 @@ impl Hub {
     /// # Errors
     /// [`RouteError::UnknownRecipient`] when the name has no inbox.
     pub fn purge(&self, name: &str) -> Result<(), RouteError> {
+        if let Some(store) = self.shared.store.get().filter(|store| store.shares_inboxes()) {
+            if self.inbox_of(name).is_none() {
+                let name = self
+                    .client_name(name)
+                    .map_err(|_| RouteError::UnknownRecipient(name.into()))?;
+                return store
+                    .submit(Op::Purge { name: name.to_shared() })
+                    .map_err(|error| RouteError::StoreUnavailable(error.to_string()));
+            }
+        }
         let inbox = self.inbox_of(name).ok_or_else(|| RouteError::UnknownRecipient(name.into()))?;
         let Some(store) = inbox.store() else { return Ok(()) };
         store
@@ -424,6 +658,25 @@ impl Hub {
 
     /// Depth and age of `name`'s inbox, or `None` for a name with no inbox.
     pub async fn inbox_info(&self, name: &str) -> Option<InboxInfo> {
+        if let Some(store) = self.shared.store.get().filter(|store| store.shares_inboxes()) {
+            if self.inbox_of(name).is_none() {
+                // Cluster mode: a name not held here; its inbox is in Redis.
+                let name = self.client_name(name).ok()?;
+                let stats = store.inbox_stats(name.as_str()).await.ok()?;
+                let online = self.bus().remote_clients().iter().any(|c| c.name == name);
+                if stats.depth == 0 && !online {
+                    return None;
+                }
+                return Some(InboxInfo {
+                    name,
+                    online,
+                    next_seq: 0,
+                    depth: stats.depth,
+                    bytes: stats.bytes,
+                    oldest_ts: stats.oldest_ts,
+                });
+            }
+        }
         let inbox = self.inbox_of(name)?;
         let (online, next_seq) = {
             let state = inbox.lock();
@@ -485,6 +738,16 @@ impl Hub {
     fn route_receipts(&self, receipts: Vec<Receipt>) {
         for receipt in receipts {
             let Ok(to) = self.client_name(&receipt.to) else { continue };
+            if self.shares_inboxes() {
+                // Cluster mode: the sender's inbox may be held by any node.
+                let body = |_| Body::Receipt { id: receipt.id, to };
+                if let Err(error) =
+                    self.route_one(&receipt.sender, body, None, Origin::OPERATOR, &mut None)
+                {
+                    tracing::warn!(sender = %receipt.sender, %error, "delivery receipt dropped");
+                }
+                continue;
+            }
             let Some(inbox) = self.inbox_of(&receipt.sender) else { continue };
             let message = Arc::new(Message::new(Body::Receipt { id: receipt.id, to }));
             if let Err(error) = self.deliver_kept(&inbox, &message, Origin::OPERATOR) {

@@ -22,10 +22,7 @@ use super::message::Message;
 use super::outbox::{Outbox, Outgoing, PushError};
 use crate::store::{Op, Store};
 
-/// Seqs are leased to the store in steps of this size: after a crash a
-/// name's numbering resumes above the last lease, so a seq a client has seen
-/// is never handed out again even if its delivery was never stored.
-pub(crate) const LEASE_STEP: u64 = 1 << 16;
+pub(crate) use crate::store::LEASE_STEP;
 
 /// Most client ids remembered per sender for deduplication.
 const DEDUP_IDS: usize = 4096;
@@ -158,6 +155,13 @@ impl DedupWindow {
     /// True when `id` was used within the window.
     pub(crate) fn contains(&self, id: &str) -> bool {
         self.ids.contains(id)
+    }
+
+    /// Forgets `id` (its send failed after all).
+    pub(crate) fn remove(&mut self, id: &str) {
+        if self.ids.remove(id) {
+            self.order.retain(|(_, kept)| &**kept != id);
+        }
     }
 
     /// Remembers `id` at `now_ms`, forgetting ids older than `window_ms` and

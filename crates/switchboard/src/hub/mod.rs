@@ -271,6 +271,10 @@ pub enum RegisterError {
     /// The name is already online.
     #[error("name {0:?} is already online")]
     NameTaken(String),
+    /// Cluster mode: the name's stored inbox could not be taken over (the
+    /// message store is unreachable), so the session would miss messages.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A connected client as the hub sees it; shared by the hub and the session.
@@ -694,13 +698,28 @@ impl Hub {
 
     /// Routes one message to one name: a live or stored delivery here, or
     /// in cluster mode to the node that has the client.
+    ///
+    /// `answer` is the sender's: when the outcome is only known later (a
+    /// shared inbox in cluster mode), the route takes it and runs it then.
     fn route_one(
         &self,
         to: &str,
         body: impl FnOnce(ClientName) -> Body,
         classic: Option<String>,
         origin: Origin<'_>,
+        answer: &mut Option<OnCommit>,
     ) -> Result<Accepted, RouteError> {
+        if self.shares_inboxes() {
+            // Cluster mode with shared inboxes: this node numbers and stores
+            // for the names it holds; Redis routes the rest.
+            let Some(inbox) = self.inbox_of(to) else {
+                return self.route_shared(to, body, origin, answer);
+            };
+            let message = Arc::new(Message::with_classic(body(inbox.name().clone()), classic));
+            let accepted = self.deliver_kept(&inbox, &message, origin)?;
+            self.shared.routed.fetch_add(1, Ordering::Relaxed);
+            return Ok(accepted);
+        }
         let Some(inbox) = self.inbox_of(to) else {
             let offline = self.no_inbox(to);
             return self.send_remote(to, offline, body).map(|()| Accepted::Live);
@@ -757,12 +776,13 @@ impl Hub {
         classic: Option<String>,
         meta: SendMeta,
     ) -> Result<Accepted, RouteError> {
-        self.send_as(from, meta, |hub, origin| {
+        self.send_as(from, meta, |hub, origin, answer| {
             hub.route_one(
                 to,
                 |to| Body::Direct { from: from.name.clone(), to, text },
                 classic,
                 origin,
+                answer,
             )
         })
     }
@@ -778,9 +798,9 @@ impl Hub {
         payload: Bytes,
         meta: SendMeta,
     ) -> Result<Accepted, RouteError> {
-        self.send_as(from, meta, |hub, origin| {
+        self.send_as(from, meta, |hub, origin, answer| {
             let body = |_| Body::Binary { from: from.name.clone(), room: None, payload };
-            hub.route_one(to, body, None, origin)
+            hub.route_one(to, body, None, origin, answer)
         })
     }
 
@@ -822,8 +842,22 @@ impl Hub {
     /// # Errors
     /// [`RouteError::Offline`] / [`RouteError::UnknownRecipient`] as for
     /// [`Hub::send_direct`]; [`RouteError::InboxFull`].
-    pub fn send_to(&self, to: &str, text: String) -> Result<Accepted, RouteError> {
-        self.route_one(to, |_| Body::Server { text, broadcast: false }, None, Origin::OPERATOR)
+    ///
+    /// Resolves once the message is durable (after the store commit), as the
+    /// operator API answers.
+    pub async fn send_to(&self, to: &str, text: String) -> Result<Accepted, RouteError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut answer: Option<OnCommit> = Some(Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        }));
+        let body = |_| Body::Server { text, broadcast: false };
+        let accepted = self.route_one(to, body, None, Origin::OPERATOR, &mut answer)?;
+        if answer.is_none() {
+            // The route took the answer: the outcome comes later.
+            return rx.await.unwrap_or(Err(RouteError::ClusterUnavailable));
+        }
+        self.committed().await?;
+        Ok(accepted)
     }
 
     /// Disconnects the client named `name` with close code 4000 and `reason`.
@@ -957,7 +991,7 @@ impl Hub {
         meta: SendMeta,
     ) -> Result<usize, RouteError> {
         let mut delivered = 0;
-        self.send_as(client, meta, |hub, _| {
+        self.send_as(client, meta, |hub, _, _| {
             let body =
                 |room, rseq| Body::Room { room, from: Some(client.name.clone()), text, rseq };
             delivered = hub.publish_body(Some(client), room, echo, true, body)?;
@@ -1258,8 +1292,28 @@ impl Hub {
         if local {
             return Err(RegisterError::NameTaken(name.to_string()));
         }
+        let shared = self.shared.store.get().filter(|store| store.shares_inboxes());
+        if shared.is_some() && !self.bus().healthy() {
+            // Without a claim this node may not number the name's deliveries.
+            return Err(RegisterError::Unavailable(
+                "cluster bus unavailable: cannot take the name over; retry later".into(),
+            ));
+        }
         let claim = self.bus().claim(name);
-        claim.await
+        claim.await?;
+        // --- issue 7 in cluster mode: take the name's shared inbox over.
+        if let Some(store) = shared {
+            match store.load(name.as_str()).await {
+                Ok(loaded) => self.take_over(name, store, loaded),
+                Err(error) => {
+                    self.bus().release(name);
+                    return Err(RegisterError::Unavailable(format!(
+                        "cannot load the stored messages of {name}: {error}; retry later"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Hands a message for a client not on this node to the bus.

@@ -226,12 +226,11 @@ async fn send_to_client(
     Path(name): Path<String>,
     body: String,
 ) -> Result<Json<SentTo>, ApiError> {
-    let status = match ctx.hub.send_to(&name, body)? {
+    // Issue 7: answered once the message is durable.
+    let status = match ctx.hub.send_to(&name, body).await? {
         Accepted::Stored => "stored",
         Accepted::Live | Accepted::Duplicate => "live",
     };
-    // Issue 7: answer once the message is durable.
-    ctx.hub.committed().await?;
     Ok(Json(SentTo { delivered: 1, status }))
 }
 

@@ -19,16 +19,18 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
             // `dst` exactly, as the registry is keyed by name.
             let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
             let msg = dm.msg.into_owned();
-            let sent =
-                hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), SendMeta::default());
+            // Classic has no acks; a refusal known only later (cluster mode)
+            // still gets its notice.
+            let outbox = client.outbox().clone();
+            let late: OnCommit = Box::new(move |outcome| {
+                if let Err(error) = outcome {
+                    let _ = outbox.push(Outgoing::Text(classic_notice(&error)));
+                }
+            });
+            let meta = SendMeta { on_commit: Some(late), ..SendMeta::default() };
+            let sent = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), meta);
             if let Err(error) = sent {
-                let notice = match &error {
-                    RouteError::Offline(dst) | RouteError::UnknownRecipient(dst) => {
-                        classic::offline_notice(dst)
-                    }
-                    other => classic::error_notice(&other.to_string()),
-                };
-                reply_text(client, notice);
+                reply_text(client, classic_notice(&error));
             }
         }
         None => hub.to_server(client, text.to_owned()),
@@ -148,6 +150,16 @@ pub(crate) fn rate_limited(client: &Client, refused: Result<&str, &[u8]>, limit:
             };
             reply(client, Reply::error(id.as_deref(), ErrorCode::RateLimited, message));
         }
+    }
+}
+
+/// The classic notice for a refused DM.
+fn classic_notice(error: &RouteError) -> String {
+    match error {
+        RouteError::Offline(dst) | RouteError::UnknownRecipient(dst) => {
+            classic::offline_notice(dst)
+        }
+        other => classic::error_notice(&other.to_string()),
     }
 }
 

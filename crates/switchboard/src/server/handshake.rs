@@ -71,7 +71,10 @@ impl IntoResponse for HandshakeError {
             | HandshakeError::InvalidName(_)
             | HandshakeError::InvalidResume(_) => StatusCode::BAD_REQUEST,
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            HandshakeError::NameTaken(_) => StatusCode::CONFLICT,
+            HandshakeError::NameTaken(RegisterError::NameTaken(_)) => StatusCode::CONFLICT,
+            HandshakeError::NameTaken(RegisterError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HandshakeError::OriginRefused(_) => StatusCode::FORBIDDEN,
             HandshakeError::Capped(CapError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,

@@ -100,7 +100,23 @@ pub async fn run_with_hub(
     let tls = tls::acceptor(&config)?;
     // --- durability (issue 7): open the store (and restore the hub's state
     // from it) before serving anything; a store that cannot open is fatal.
+    let cluster = config.cluster_options();
     let store = match config.store_config() {
+        // Cluster mode: the inboxes live in the cluster's Redis, so that a
+        // client resumes on any node (issue 7); nothing is loaded at start.
+        Some(store_config) if cluster.is_some() => {
+            let options = cluster.as_ref().map(|c| crate::store::RedisStoreOptions {
+                url: c.url.clone(),
+                node_id: c.node_id.clone(),
+            });
+            let options = options.ok_or_else(|| io::Error::other("cluster options"))?;
+            let store =
+                crate::store::Store::open_redis(store_config, options, hub.store_listener())
+                    .map_err(|e| io::Error::other(format!("cannot open the message store: {e}")))?;
+            tracing::info!("message store: shared inboxes in the cluster's Redis");
+            hub.attach_store(store.clone(), crate::store::Snapshot::default());
+            Some(store)
+        }
         Some(store_config) => {
             let dir = store_config.data_dir.display().to_string();
             let listener = hub.store_listener();
@@ -122,7 +138,7 @@ pub async fn run_with_hub(
     // --- cluster (issue 8): the bus outlives the sessions, so that their
     // leaves still reach the other nodes during shutdown.
     let bus_token = CancellationToken::new();
-    let bus_task = match config.cluster_options() {
+    let bus_task = match cluster {
         Some(options) => {
             let (_, task) =
                 crate::cluster::redis::RedisBus::start(&hub, options, bus_token.clone())

@@ -48,8 +48,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
-use self::sqlite::{Cmd, Read};
-
+mod redis;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -90,6 +89,20 @@ pub struct StoreConfig {
     pub room_history: usize,
 }
 
+/// Seqs are leased in steps of this size: after a crash a name's numbering
+/// resumes above the last lease, so a seq a client has seen is never handed
+/// out again even if its delivery was never stored.
+pub const LEASE_STEP: u64 = 1 << 16;
+
+/// Where the Redis store is and who this node is (cluster mode).
+#[derive(Debug, Clone)]
+pub struct RedisStoreOptions {
+    /// `redis://HOST:PORT`, the cluster's Redis.
+    pub url: String,
+    /// This node's id: the value of the name claims it holds.
+    pub node_id: String,
+}
+
 /// What kind of delivery an inbox entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -104,6 +117,31 @@ pub enum RecordKind {
     /// A delivery receipt: `text` is the sender's message id, `from` the
     /// client that acknowledged it.
     Receipt,
+}
+
+impl RecordKind {
+    /// The number a stored entry carries for its kind.
+    pub fn code(self) -> i64 {
+        match self {
+            RecordKind::Direct => 0,
+            RecordKind::Server => 1,
+            RecordKind::Broadcast => 2,
+            RecordKind::Binary => 3,
+            RecordKind::Receipt => 4,
+        }
+    }
+
+    /// The kind a stored number stands for.
+    pub fn from_code(code: i64) -> Option<RecordKind> {
+        Some(match code {
+            0 => RecordKind::Direct,
+            1 => RecordKind::Server,
+            2 => RecordKind::Broadcast,
+            3 => RecordKind::Binary,
+            4 => RecordKind::Receipt,
+            _ => return None,
+        })
+    }
 }
 
 /// One stored delivery, as the store sees it.
@@ -205,6 +243,63 @@ pub struct InboxStats {
     /// The lowest unacknowledged seq.
     pub first_seq: Option<u64>,
 }
+
+/// A name's inbox as a cluster node takes it over when the client connects
+/// there (the Redis store; see `redis.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Loaded {
+    /// The first seq of the block this node now numbers from.
+    pub next_seq: u64,
+    /// The top of that block.
+    pub leased: u64,
+    /// Stored, unacknowledged entries.
+    pub depth: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The client ids the name sent within the dedup window.
+    pub recent_ids: Vec<String>,
+}
+
+/// A delivery to a name this node does not hold (the Redis store): stored
+/// under a seq from the name's counter when no node holds the name, or
+/// handed to the node that does.
+#[derive(Debug, Clone)]
+pub struct RouteRequest {
+    /// The recipient.
+    pub to: Name,
+    /// The delivery.
+    pub record: Record,
+    /// The sender's client id (deduplication, receipts).
+    pub client_id: Option<String>,
+    /// Send a receipt when the recipient acknowledges it.
+    pub receipt: bool,
+    /// The cluster frame to publish to the node that holds `to`, if one does.
+    pub forward: Vec<u8>,
+    /// Most entries in one inbox.
+    pub max_messages: u64,
+    /// Most bytes in one inbox.
+    pub max_bytes: u64,
+}
+
+/// What became of a [`RouteRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Stored for the offline name under this seq.
+    Stored(u64),
+    /// Handed to the node that holds the name; it answers the sender.
+    Forwarded(String),
+    /// The sender used this client id within the dedup window.
+    Duplicate,
+    /// The name never connected.
+    Unknown,
+    /// The inbox is at a limit (the text says which).
+    Full(String),
+    /// The store could not be reached or refused.
+    Failed(String),
+}
+
+/// Runs on the store thread with the outcome of a [`RouteRequest`].
+pub type RouteDone = Box<dyn FnOnce(RouteOutcome) + Send>;
 
 /// One change to the store.
 #[derive(Debug, Clone)]
@@ -322,6 +417,8 @@ struct Inner {
     shared: Arc<Shared>,
     limit: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Inboxes live in Redis, shared by the cluster's nodes.
+    shared_inboxes: bool,
 }
 
 /// State shared by the handles and the store thread.
@@ -377,9 +474,81 @@ impl Store {
             .name("switchboard-store".to_owned())
             .spawn(move || worker.run())
             .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
-        let inner =
-            Inner { tx: RwLock::new(Some(tx)), shared, limit, thread: Mutex::new(Some(thread)) };
-        Ok((Store { inner: Arc::new(inner) }, snapshot))
+        Ok((Store::spawned(tx, shared, limit, thread, false), snapshot))
+    }
+
+    /// Cluster mode: a store whose inboxes live in Redis at `options.url`,
+    /// so a client resumes on any node (see `redis.rs` for the keys and
+    /// scripts). Nothing is loaded at start: a node takes a name's inbox
+    /// over ([`Store::load`]) when the client connects to it. Redis need
+    /// not be up yet; operations fail (and senders are told) until it is.
+    ///
+    /// # Errors
+    /// When the URL is not a Redis URL or the thread cannot start.
+    pub fn open_redis(
+        config: StoreConfig,
+        options: RedisStoreOptions,
+        listener: Arc<dyn StoreListener>,
+    ) -> Result<Store, StoreError> {
+        let client = ::redis::Client::open(options.url.as_str())
+            .map_err(|e| StoreError::Database(format!("redis URL {}: {e}", options.url)))?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let limit = config.queue_limit_bytes;
+        let worker = redis::Worker::new(client, options, rx, Arc::clone(&shared), listener, config);
+        let thread = std::thread::Builder::new()
+            .name("switchboard-store".to_owned())
+            .spawn(move || worker.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
+        Ok(Store::spawned(tx, shared, limit, thread, true))
+    }
+
+    fn spawned(
+        tx: mpsc::Sender<Cmd>,
+        shared: Arc<Shared>,
+        limit: usize,
+        thread: JoinHandle<()>,
+        shared_inboxes: bool,
+    ) -> Store {
+        let inner = Inner {
+            tx: RwLock::new(Some(tx)),
+            shared,
+            limit,
+            thread: Mutex::new(Some(thread)),
+            shared_inboxes,
+        };
+        Store { inner: Arc::new(inner) }
+    }
+
+    /// True when inboxes live in Redis and are shared by a cluster's nodes.
+    pub fn shares_inboxes(&self) -> bool {
+        self.inner.shared_inboxes
+    }
+
+    /// Cluster mode: takes `name`'s inbox over for this node (after the
+    /// node claimed the name): leases a block of seqs above every seq
+    /// handed out anywhere, and reads the inbox's size and the name's recent
+    /// client ids. In queue order, like every read.
+    pub async fn load(&self, name: &str) -> Result<Loaded, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send_read(Read::Load { name: name.to_owned(), reply })
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Err(error)) => Err(StoreError::Database(error)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Cluster mode: stores `request` for a name no node holds, or hands it
+    /// to the node that holds it; `done` runs on the store thread with the
+    /// outcome (at once with [`RouteOutcome::Failed`] when closed).
+    pub fn route(&self, request: RouteRequest, done: RouteDone) {
+        if let Err(cmd) = self.send_read(Read::Route { request, done }) {
+            if let Cmd::Read(Read::Route { done, .. }) = *cmd {
+                done(RouteOutcome::Failed(StoreError::Closed.to_string()));
+            }
+        }
     }
 
     /// Queues `op`; never blocks.
@@ -511,6 +680,46 @@ impl Store {
             None => Err(Box::new(cmd)),
         }
     }
+}
+
+/// What travels from the handles to the thread.
+enum Cmd {
+    /// A change, applied in the next group commit.
+    Op {
+        op: Op,
+        then: Option<Completion>,
+        /// Bytes charged to the queue for it.
+        cost: usize,
+    },
+    /// Anything that must see every change queued before it.
+    Read(Read),
+}
+
+/// A command that ends the current batch.
+enum Read {
+    Replay {
+        name: String,
+        after: u64,
+        upto: u64,
+        ack_through_after: bool,
+        reply: oneshot::Sender<Result<Vec<Entry>, String>>,
+    },
+    Stats {
+        name: String,
+        reply: oneshot::Sender<InboxStats>,
+    },
+    #[cfg_attr(not(test), allow(dead_code))]
+    Sweep,
+    /// Takes a name over for this node (the Redis store only).
+    Load {
+        name: String,
+        reply: oneshot::Sender<Result<Loaded, String>>,
+    },
+    /// Stores or forwards a delivery to a name not held here (the Redis store only).
+    Route {
+        request: RouteRequest,
+        done: RouteDone,
+    },
 }
 
 /// The database file inside [`StoreConfig::data_dir`].

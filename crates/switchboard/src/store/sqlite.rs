@@ -12,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, TransactionBehavior};
-use tokio::sync::oneshot;
 
 use super::{
-    Completion, Entry, InboxStats, Name, NameState, Op, Receipt, Record, RecordKind, RoomRecord,
-    Shared, Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
+    Cmd, Completion, Entry, InboxStats, Name, NameState, Op, Read, Receipt, Record, RecordKind,
+    RoomRecord, RouteOutcome, Shared, Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
 };
 
 /// `PRAGMA user_version` of the schema below; a newer file is refused.
@@ -88,36 +87,6 @@ CREATE TABLE IF NOT EXISTS sent (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_ts ON sent (ts);
 ";
-
-/// What travels from the handles to the thread.
-pub(super) enum Cmd {
-    /// A change, applied in the next group commit.
-    Op {
-        op: Op,
-        then: Option<Completion>,
-        /// Bytes charged to the queue for it.
-        cost: usize,
-    },
-    /// Anything that must see every change queued before it.
-    Read(Read),
-}
-
-/// A command that ends the current batch.
-pub(super) enum Read {
-    Replay {
-        name: String,
-        after: u64,
-        upto: u64,
-        ack_through_after: bool,
-        reply: oneshot::Sender<Result<Vec<Entry>, String>>,
-    },
-    Stats {
-        name: String,
-        reply: oneshot::Sender<InboxStats>,
-    },
-    #[cfg_attr(not(test), allow(dead_code))]
-    Sweep,
-}
 
 /// Opens the database file with the pragmas for `sync` and brings the
 /// schema up to date.
@@ -411,6 +380,12 @@ impl Worker {
                 Err(e) => tracing::error!(error = %e, name, "store: inbox stats failed"),
             },
             Read::Sweep => self.sweep(),
+            Read::Load { reply, .. } => {
+                let _ = reply.send(Err("the SQLite store does not share inboxes".to_owned()));
+            }
+            Read::Route { done, .. } => guarded("a route completion", || {
+                done(RouteOutcome::Failed("the SQLite store does not share inboxes".to_owned()));
+            }),
         }
     }
 
@@ -655,7 +630,7 @@ fn write_batch(
                     name,
                     int(p.seq),
                     int(r.ts),
-                    kind_to_int(r.kind),
+                    RecordKind::code(r.kind),
                     r.from,
                     r.text,
                     r.payload.as_deref(),
@@ -767,7 +742,7 @@ fn read_entries(
     )?;
     let rows = stmt.query_map(params![name, int(after), int(upto)], |row| {
         let kind: i64 = row.get(2)?;
-        let kind = kind_from_int(kind).ok_or_else(|| {
+        let kind = RecordKind::from_code(kind).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
                 2,
                 rusqlite::types::Type::Integer,
@@ -804,31 +779,10 @@ fn read_stats(conn: &Connection, name: &str) -> rusqlite::Result<InboxStats> {
 
 /// Runs listener and completion code (the hub's) so that a panic there is
 /// logged instead of stopping the store for everyone.
-fn guarded(what: &str, f: impl FnOnce()) {
+pub(super) fn guarded(what: &str, f: impl FnOnce()) {
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
         tracing::error!("store: {what} panicked");
     }
-}
-
-fn kind_to_int(kind: RecordKind) -> i64 {
-    match kind {
-        RecordKind::Direct => 0,
-        RecordKind::Server => 1,
-        RecordKind::Broadcast => 2,
-        RecordKind::Binary => 3,
-        RecordKind::Receipt => 4,
-    }
-}
-
-fn kind_from_int(kind: i64) -> Option<RecordKind> {
-    Some(match kind {
-        0 => RecordKind::Direct,
-        1 => RecordKind::Server,
-        2 => RecordKind::Broadcast,
-        3 => RecordKind::Binary,
-        4 => RecordKind::Receipt,
-        _ => return None,
-    })
 }
 
 fn size(record: &Record) -> u64 {

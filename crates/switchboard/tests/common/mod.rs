@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod process;
+pub mod redis;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
