@@ -88,11 +88,15 @@ pub(crate) struct Origin<'a> {
     /// Cluster mode: the node and token that wait for the outcome, when the
     /// send was forwarded here by another node.
     pub(crate) reply: Option<(&'a str, u64)>,
+    /// The sender waits for the outcome once stored (an ack, the operator
+    /// API's answer); otherwise it only hears of refusals.
+    pub(crate) confirm: bool,
 }
 
 impl Origin<'_> {
     /// The operator: no id, no receipt.
-    pub(crate) const OPERATOR: Origin<'static> = Origin { id: None, receipt: false, reply: None };
+    pub(crate) const OPERATOR: Origin<'static> =
+        Origin { id: None, receipt: false, reply: None, confirm: false };
 }
 
 /// One name's inbox, for the operator API.
@@ -371,7 +375,12 @@ impl Hub {
             let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
             inbox.recent.insert(id, now_ms(), window_ms);
         }
-        let origin = Origin { id: meta.id.as_deref(), receipt: meta.receipt, reply: None };
+        let origin = Origin {
+            id: meta.id.as_deref(),
+            receipt: meta.receipt,
+            reply: None,
+            confirm: meta.id.is_some(),
+        };
         let mut answer = match (meta.on_commit.take(), &meta.id) {
             // An id whose send failed later (a cluster route, a commit) is
             // forgotten, so the sender's retry is not a "duplicate".
@@ -472,6 +481,9 @@ impl Hub {
         let (reply, waiting): (Option<(String, u64)>, Option<OnCommit>) =
             match (origin.reply, answer.take()) {
                 (Some((node, token)), answer) => (Some((node.to_owned(), token)), answer),
+                // Only refusals matter (a classic sender): the holder need
+                // not answer, nor store before delivering.
+                (None, Some(answer)) if !origin.confirm => (None, Some(answer)),
                 (None, Some(answer)) => match bus.expect_answer(answer) {
                     Ok(token) => {
                         let waiter = bus.clone();
@@ -564,6 +576,7 @@ impl Hub {
             id: id.as_deref(),
             receipt,
             reply: reply.as_ref().map(|(node, token)| (node.as_str(), *token)),
+            confirm: reply.is_some(),
         };
         match self.route_one(to, |_| body, None, origin, &mut answer) {
             Ok(accepted) => {

@@ -644,15 +644,36 @@ impl Hub {
                 let _ = watcher.deliver(&presence);
             }
         }
-        // --- cluster (issue 8): free the name cluster-wide.
-        self.bus().release(&name);
         let code = reason.code();
         let text = reason.text();
         tracing::info!(%name, code, reason = %text, "client left");
         for room in room_events {
             self.emit(EventKind::RoomLeft { name: name.clone(), room });
         }
-        self.emit(EventKind::Left { name, code, reason: text });
+        let left = EventKind::Left { name: name.clone(), code, reason: text };
+        // --- cluster (issue 8): free the name cluster-wide. With shared
+        // inboxes (issue 7) only once the appends this node numbered for it
+        // are in Redis: the next holder's replay must see them, and the
+        // claim fences them. The leave is announced after the release, so a
+        // node that saw it can take the name at once.
+        if let Some(store) = self.shared.store.get().filter(|store| store.shares_inboxes()) {
+            let hub = self.clone();
+            let release: crate::store::Completion = Box::new(move |_| {
+                hub.bus().release(&name);
+                hub.emit(left);
+            });
+            if let Err(error) = store.submit_then(crate::store::Op::Barrier, Some(release)) {
+                tracing::warn!(%error, "store closed: releasing the name without a flush");
+            } else {
+                return;
+            }
+            // `release` was dropped with the refused submission.
+            self.bus().release(client.name());
+            self.emit(EventKind::Left { name: client.name().clone(), code, reason: reason.text() });
+            return;
+        }
+        self.bus().release(&name);
+        self.emit(left);
     }
 
     /// Removes `name` from `room`, tells the room's watchers, drops the room if unused.
@@ -851,7 +872,8 @@ impl Hub {
             let _ = tx.send(outcome);
         }));
         let body = |_| Body::Server { text, broadcast: false };
-        let accepted = self.route_one(to, body, None, Origin::OPERATOR, &mut answer)?;
+        let origin = Origin { confirm: true, ..Origin::OPERATOR };
+        let accepted = self.route_one(to, body, None, origin, &mut answer)?;
         if answer.is_none() {
             // The route took the answer: the outcome comes later.
             return rx.await.unwrap_or(Err(RouteError::ClusterUnavailable));

@@ -170,6 +170,11 @@ pub async fn run_with_hub(
         tracing::warn!("some connections did not finish within the drain timeout");
     }
     if let Some(task) = bus_task {
+        // Shared inboxes (issue 7): the left sessions' names are released
+        // once their appends are in Redis; let that happen before the bus stops.
+        if ctx.hub.shares_inboxes() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), ctx.hub.committed()).await;
+        }
         bus_token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

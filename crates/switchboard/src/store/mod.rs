@@ -543,12 +543,33 @@ impl Store {
     /// Cluster mode: stores `request` for a name no node holds, or hands it
     /// to the node that holds it; `done` runs on the store thread with the
     /// outcome (at once with [`RouteOutcome::Failed`] when closed).
+    ///
+    /// Charged to the queue like an operation, and pipelined with them.
     pub fn route(&self, request: RouteRequest, done: RouteDone) {
-        if let Err(cmd) = self.send_read(Read::Route { request, done }) {
+        let cost = 64 + request.to.len() + request.record.size() + request.forward.len();
+        if let Err(error) = self.charge(cost) {
+            done(RouteOutcome::Failed(error.to_string()));
+            return;
+        }
+        if let Err(cmd) = self.send_read(Read::Route { request, done, cost }) {
+            self.inner.shared.release(cost);
             if let Cmd::Read(Read::Route { done, .. }) = *cmd {
                 done(RouteOutcome::Failed(StoreError::Closed.to_string()));
             }
         }
+    }
+
+    /// Charges `cost` bytes to the queue, or fails when it is full.
+    fn charge(&self, cost: usize) -> Result<(), StoreError> {
+        let limit = self.inner.limit;
+        self.inner
+            .shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(cost).filter(|n| *n <= limit)
+            })
+            .map(|_| ())
+            .map_err(|_| StoreError::Overloaded)
     }
 
     /// Queues `op`; never blocks.
@@ -572,16 +593,7 @@ impl Store {
         let Some(tx) = tx.as_ref() else {
             return Err(StoreError::Closed);
         };
-        let limit = self.inner.limit;
-        let queued = &self.inner.shared.queued;
-        if queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                q.checked_add(cost).filter(|n| *n <= limit)
-            })
-            .is_err()
-        {
-            return Err(StoreError::Overloaded);
-        }
+        self.charge(cost)?;
         if tx.send(Cmd::Op { op, then, cost }).is_err() {
             self.inner.shared.release(cost);
             return Err(StoreError::Closed);
@@ -719,6 +731,8 @@ enum Read {
     Route {
         request: RouteRequest,
         done: RouteDone,
+        /// Bytes charged to the queue for it.
+        cost: usize,
     },
 }
 

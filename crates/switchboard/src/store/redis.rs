@@ -30,12 +30,14 @@
 //! (`appendonly`, `appendfsync`) decides what survives a Redis crash; see
 //! docs/durability.md. Room history stays in each node's memory.
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redis::{Client, Connection, Value};
+
+use super::RouteDone;
 
 use super::sqlite::guarded;
 use super::{
@@ -50,8 +52,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// Read and write timeout of a command.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// A connection idle longer than this is checked before it is used.
+/// A connection idle longer than this is checked (PING) before it is used.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long a live append may be carried in memory (see [`Carry`]).
+const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
+/// Most appends carried; beyond, they are all written.
+const CARRY_MAX_ENTRIES: usize = 200_000;
 /// Most client ids kept per sender.
 const MAX_SENT_IDS: usize = 4096;
 
@@ -183,19 +189,117 @@ fn claim_key(name: &str) -> String {
     format!("sb:name:{name}")
 }
 
+/// The scripts, loaded once per connection and called by SHA (`EVALSHA`),
+/// so a batch does not carry their source once per operation.
+const SCRIPTS: [&str; 7] = [APPEND, ROUTE, ACK, LEASE, SENT, LOAD, PURGE];
+
+#[derive(Clone, Copy)]
+enum Script {
+    Append = 0,
+    Route = 1,
+    Ack = 2,
+    Lease = 3,
+    Sent = 4,
+    Load = 5,
+    Purge = 6,
+}
+
+/// A connection with the SHAs of [`SCRIPTS`] loaded on it.
+struct Session {
+    conn: Connection,
+    shas: Vec<String>,
+    last_used: Instant,
+}
+
 /// The store thread with its Redis connection.
 pub(super) struct Worker {
     client: Client,
     options: RedisStoreOptions,
-    conn: Option<Connection>,
+    session: Option<Session>,
     /// After a failed connect, no new attempt before this.
     retry_at: Option<Instant>,
-    /// When the connection last carried a command.
-    last_used: Instant,
     rx: Receiver<Cmd>,
     shared: Arc<Shared>,
     listener: Arc<dyn StoreListener>,
     config: StoreConfig,
+    /// Live appends held back (see [`Carry`]).
+    carry: Carry,
+    /// An operation failed since the last completion ran: the next
+    /// completions report failure (they confirm everything before them).
+    failed: bool,
+}
+
+/// Appends to online recipients that nobody waits for, held in memory so
+/// that the recipient's ack cancels them before they are ever written — the
+/// common case for live traffic, which then costs Redis nothing. As in the
+/// SQLite store (its `CARRY_MAX_AGE`): they are written once 1 s old, when a
+/// batch carries a completion, a read or a route, when a later append for
+/// the same name must be written, or before the node gives the name up
+/// (the hub releases a claim only after a completion). What a node crash can
+/// lose is the last second of live messages whose senders were never told
+/// they were stored.
+#[derive(Default)]
+struct Carry {
+    by_name: std::collections::HashMap<Name, std::collections::VecDeque<Op>>,
+    entries: usize,
+    since: Option<Instant>,
+}
+
+impl Carry {
+    fn push(&mut self, op: Op) {
+        let Op::Append { name, .. } = &op else { return };
+        self.by_name.entry(name.clone()).or_default().push_back(op);
+        self.entries += 1;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.since.map(|since| since + CARRY_MAX_AGE)
+    }
+
+    fn is_due(&self) -> bool {
+        self.entries > CARRY_MAX_ENTRIES
+            || self.deadline().is_some_and(|deadline| deadline <= Instant::now())
+    }
+
+    fn take_all(&mut self) -> Vec<Op> {
+        self.entries = 0;
+        self.since = None;
+        self.by_name.drain().flat_map(|(_, ops)| ops).collect()
+    }
+
+    fn take(&mut self, name: &str) -> Vec<Op> {
+        let ops: Vec<Op> = self.by_name.remove(name).map(Vec::from).unwrap_or_default();
+        self.forget(ops.len());
+        ops
+    }
+
+    /// Removes `name`'s carried appends with seq ≤ `upto`.
+    fn cancel(&mut self, name: &str, upto: u64) -> Vec<Op> {
+        let Some(ops) = self.by_name.get_mut(name) else { return Vec::new() };
+        let mut cancelled = Vec::new();
+        while ops.front().is_some_and(|op| matches!(op, Op::Append { seq, .. } if *seq <= upto)) {
+            cancelled.extend(ops.pop_front());
+        }
+        if ops.is_empty() {
+            self.by_name.remove(name);
+        }
+        self.forget(cancelled.len());
+        cancelled
+    }
+
+    fn forget(&mut self, count: usize) {
+        self.entries -= count;
+        if self.entries == 0 {
+            self.since = None;
+        }
+    }
+}
+
+/// One pipelined item of a batch, in submission order.
+enum Item {
+    Op(Op),
+    Route(RouteRequest, RouteDone),
 }
 
 /// How to read one pipeline result.
@@ -206,6 +310,8 @@ enum Expect {
     Ack { name: Name },
     /// A purge: entries, bytes.
     Purge { name: Name },
+    /// A route: its outcome goes to `done`.
+    Route { to: Name, limits: (u64, u64), done: RouteDone },
     /// Anything else: only errors matter.
     Plain,
 }
@@ -222,29 +328,55 @@ impl Worker {
         Worker {
             client,
             options,
-            conn: None,
+            session: None,
             retry_at: None,
-            last_used: Instant::now(),
             rx,
             shared,
             listener,
             config,
+            carry: Carry::default(),
+            failed: false,
         }
     }
 
-    /// Serves commands until every handle is gone.
+    /// Serves commands until every handle is gone. Operations and routes
+    /// queued together go to Redis as one pipeline, in order; other reads
+    /// end the batch.
     pub(super) fn run(mut self) {
         let max_batch = self.config.max_batch.max(1);
-        while let Ok(mut cmd) = self.rx.recv() {
-            let mut ops = Vec::new();
+        loop {
+            let first = match self.carry.deadline() {
+                Some(deadline) => {
+                    match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(cmd) => Some(cmd),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.rx.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                },
+            };
+            let Some(mut cmd) = first else {
+                // Carried appends came of age: write them.
+                let ok = self.apply(Vec::new(), true);
+                self.failed |= !ok;
+                continue;
+            };
+            let mut items = Vec::new();
             let mut thens = Vec::new();
             let mut cost = 0usize;
             let mut read = None;
             loop {
                 match cmd {
                     Cmd::Op { op, then, cost: c } => {
-                        ops.push(op);
+                        items.push(Item::Op(op));
                         thens.extend(then);
+                        cost = cost.saturating_add(c);
+                    }
+                    Cmd::Read(Read::Route { request, done, cost: c }) => {
+                        items.push(Item::Route(request, done));
                         cost = cost.saturating_add(c);
                     }
                     Cmd::Read(r) => {
@@ -252,7 +384,7 @@ impl Worker {
                         break;
                     }
                 }
-                if ops.len() >= max_batch {
+                if items.len() >= max_batch {
                     break;
                 }
                 match self.rx.try_recv() {
@@ -260,37 +392,113 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let ok = self.apply(ops);
+            // A waiting sender, a read or a route must see every append.
+            let everything = read.is_some()
+                || !thens.is_empty()
+                || items.iter().any(|item| matches!(item, Item::Route(..)));
+            let ok = self.apply(items, everything);
             self.shared.release(cost);
+            // A completion confirms everything submitted before it: a
+            // failure in an earlier batch without completions counts too.
+            self.failed |= !ok;
+            let confirmed = !self.failed;
+            if !thens.is_empty() {
+                self.failed = false;
+            }
             for then in thens {
-                guarded("a completion", || then(ok));
+                guarded("a completion", || then(confirmed));
             }
             self.shared.drained.notify_waiters();
             if let Some(read) = read {
                 self.serve(read);
             }
         }
+        // Closing: nothing stays in memory.
+        self.apply(Vec::new(), true);
         self.shared.queued.store(0, std::sync::atomic::Ordering::Release);
         self.shared.drained.notify_waiters();
     }
 
-    /// The connection, (re)connecting when there is none and the last
-    /// failure is not too recent.
-    fn connection(&mut self) -> Result<&mut Connection, String> {
-        if self.conn.is_none() {
+    /// Decides what goes to Redis now: carried appends first when
+    /// `everything` must be durable (or the carry is due); a live append
+    /// nobody waits for is carried instead; an ack cancels the carried
+    /// appends it covers (reported as removed, with their receipts).
+    fn plan(&mut self, items: Vec<Item>, everything: bool) -> Vec<Item> {
+        let everything = everything || self.carry.is_due();
+        let mut out = Vec::with_capacity(items.len());
+        if everything {
+            out.extend(self.carry.take_all().into_iter().map(Item::Op));
+        }
+        for item in items {
+            match item {
+                Item::Op(op @ Op::Append { live: true, .. }) if !everything => self.carry.push(op),
+                Item::Op(Op::Append { ref name, .. }) => {
+                    // Stream ids only grow: earlier carried seqs go first.
+                    out.extend(self.carry.take(name).into_iter().map(Item::Op));
+                    out.push(item);
+                }
+                Item::Op(Op::Ack { ref name, upto }) => {
+                    let cancelled = self.carry.cancel(name, upto);
+                    self.report_cancelled(name, cancelled);
+                    out.push(item);
+                }
+                Item::Op(Op::Purge { ref name }) => {
+                    let cancelled = self.carry.cancel(name, u64::MAX);
+                    self.report_cancelled(name, cancelled);
+                    out.push(item);
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// Carried appends that an ack or a purge removed before they were
+    /// ever written: the listener hears of them as of any removal.
+    fn report_cancelled(&self, name: &str, cancelled: Vec<Op>) {
+        if cancelled.is_empty() {
+            return;
+        }
+        let mut bytes = 0u64;
+        let mut receipts = Vec::new();
+        for op in &cancelled {
+            if let Op::Append { record, client_id, receipt, .. } = op {
+                bytes += record.size() as u64;
+                if let (true, Some(from), Some(id)) = (*receipt, &record.from, client_id) {
+                    receipts.push(Receipt {
+                        sender: from.to_string(),
+                        id: id.clone(),
+                        to: name.to_owned(),
+                    });
+                }
+            }
+        }
+        self.removed(name, cancelled.len() as u64, bytes);
+        if !receipts.is_empty() {
+            let listener = &self.listener;
+            guarded("StoreListener::receipts", || listener.receipts(receipts));
+        }
+    }
+
+    /// The session, (re)connecting when there is none (and the last failure
+    /// is not too recent), or checking one idle for a while: it may point at
+    /// a Redis that restarted meanwhile (without the scripts).
+    fn session(&mut self) -> Result<&mut Session, String> {
+        if let Some(session) = &mut self.session {
+            if session.last_used.elapsed() > IDLE_CHECK
+                && redis::cmd("PING").query::<String>(&mut session.conn).is_err()
+            {
+                self.session = None;
+            }
+        }
+        if self.session.is_none() {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
                 return Err("Redis (the message store) is unreachable".to_owned());
             }
-            let connected =
-                self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|c| {
-                    c.set_read_timeout(Some(IO_TIMEOUT))?;
-                    c.set_write_timeout(Some(IO_TIMEOUT))?;
-                    Ok(c)
-                });
-            match connected {
-                Ok(conn) => {
+            match self.connect() {
+                Ok(session) => {
                     self.retry_at = None;
-                    self.conn = Some(conn);
+                    self.session = Some(session);
                 }
                 Err(error) => {
                     self.retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -299,42 +507,126 @@ impl Worker {
                 }
             }
         }
-        self.conn.as_mut().ok_or_else(|| "no connection".to_owned())
+        let session = self.session.as_mut().ok_or_else(|| "no connection".to_owned())?;
+        session.last_used = Instant::now();
+        Ok(session)
+    }
+
+    fn connect(&self) -> redis::RedisResult<Session> {
+        let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut pipe = redis::pipe();
+        for script in SCRIPTS {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script);
+        }
+        let shas: Vec<String> = pipe.query(&mut conn)?;
+        Ok(Session { conn, shas, last_used: Instant::now() })
     }
 
     /// Runs `pipe`, dropping the connection on an I/O error.
     fn query(&mut self, pipe: &redis::Pipeline) -> Result<Vec<Value>, String> {
-        // A connection idle for a while may point at a Redis that restarted
-        // meanwhile: find out with a PING (harmless to repeat) rather than
-        // with the batch (a failed batch is refused to its senders).
-        if self.conn.is_some() && self.last_used.elapsed() > IDLE_CHECK {
-            let alive = self
-                .conn
-                .as_mut()
-                .is_some_and(|conn| redis::cmd("PING").query::<String>(conn).is_ok());
-            if !alive {
-                self.conn = None;
-            }
-        }
-        self.last_used = Instant::now();
-        let conn = self.connection()?;
-        match pipe.query::<Vec<Value>>(conn) {
+        let session = self.session()?;
+        match pipe.query::<Vec<Value>>(&mut session.conn) {
             Ok(values) => Ok(values),
             Err(error) => {
                 tracing::warn!(%error, "store: Redis command failed");
-                self.conn = None;
+                self.session = None;
                 Err(format!("message store (Redis): {error}"))
             }
         }
     }
 
-    /// Applies `ops` as one pipeline; false when anything failed.
-    fn apply(&mut self, ops: Vec<Op>) -> bool {
+    /// Starts an `EVALSHA` of `script` with `keys` in `pipe`; `shas` are
+    /// the current session's (empty without one: the batch then fails).
+    fn eval<'a>(
+        pipe: &'a mut redis::Pipeline,
+        shas: &[String],
+        script: Script,
+        keys: &[String],
+    ) -> &'a mut redis::Pipeline {
+        let sha = shas.get(script as usize).map_or("", String::as_str);
+        pipe.cmd("EVALSHA").arg(sha).arg(keys.len());
+        for key in keys {
+            pipe.arg(key);
+        }
+        pipe
+    }
+
+    /// Applies `items` as one pipeline; false when an operation failed
+    /// (routes get their own outcomes).
+    fn apply(&mut self, items: Vec<Item>, everything: bool) -> bool {
+        let items = self.plan(items, everything);
+        if !items.iter().any(|item| match item {
+            Item::Op(Op::RoomAppend { .. } | Op::Barrier) => false,
+            Item::Op(_) | Item::Route(..) => true,
+        }) {
+            return true;
+        }
         let now = now_ms();
         let window = millis(self.config.dedup_window);
+        let max_age = millis(self.config.max_age);
+        // Connect first: the pipeline calls the scripts by this session's SHAs.
+        let shas = match self.session() {
+            Ok(session) => session.shas.clone(),
+            Err(error) => {
+                let mut ok = true;
+                for item in items {
+                    match item {
+                        Item::Route(_, done) => {
+                            guarded("a route completion", || {
+                                done(RouteOutcome::Failed(error.clone()))
+                            });
+                        }
+                        Item::Op(Op::RoomAppend { .. } | Op::Barrier) => {}
+                        Item::Op(_) => ok = false,
+                    }
+                }
+                return ok;
+            }
+        };
         let mut pipe = redis::pipe();
         let mut expect = Vec::new();
-        for op in ops {
+        for item in items {
+            let op = match item {
+                Item::Op(op) => op,
+                Item::Route(request, done) => {
+                    let RouteRequest {
+                        to,
+                        record,
+                        client_id,
+                        receipt,
+                        forward,
+                        max_messages,
+                        max_bytes,
+                    } = request;
+                    let rcpt = receipt_field(&record, client_id.as_deref(), receipt);
+                    let from = record.from.as_deref().unwrap_or("");
+                    let keys = [
+                        claim_key(&to),
+                        seq_key(&to),
+                        inbox_key(&to),
+                        bytes_key(&to),
+                        sent_key(from),
+                    ];
+                    Self::eval(&mut pipe, &shas, Script::Route, &keys)
+                        .arg(&self.options.node_id)
+                        .arg(""); // ARGV[2], the entry id in APPEND: ROUTE numbers itself
+                    record_args(&mut pipe, &record, &rcpt);
+                    pipe.arg(client_id.as_deref().unwrap_or(""))
+                        .arg(now)
+                        .arg(now.saturating_sub(window))
+                        .arg(max_age)
+                        .arg(window.max(1))
+                        .arg(MAX_SENT_IDS)
+                        .arg(forward)
+                        .arg("sb:node:")
+                        .arg(max_messages)
+                        .arg(max_bytes);
+                    expect.push(Expect::Route { to, limits: (max_messages, max_bytes), done });
+                    continue;
+                }
+            };
             match op {
                 Op::Touch { name } => {
                     pipe.cmd("SET").arg(seq_key(&name)).arg(0).arg("NX");
@@ -343,43 +635,37 @@ impl Worker {
                 Op::Append { name, seq, record, client_id, receipt, .. } => {
                     let rcpt = receipt_field(&record, client_id.as_deref(), receipt);
                     let from = record.from.as_deref().unwrap_or("");
-                    pipe.cmd("EVAL")
-                        .arg(APPEND)
-                        .arg(4)
-                        .arg(claim_key(&name))
-                        .arg(inbox_key(&name))
-                        .arg(bytes_key(&name))
-                        .arg(sent_key(from))
+                    let keys =
+                        [claim_key(&name), inbox_key(&name), bytes_key(&name), sent_key(from)];
+                    Self::eval(&mut pipe, &shas, Script::Append, &keys)
                         .arg(&self.options.node_id)
                         .arg(format!("{seq}-1"));
                     record_args(&mut pipe, &record, &rcpt);
                     pipe.arg(client_id.as_deref().unwrap_or(""))
                         .arg(now)
                         .arg(now.saturating_sub(window))
-                        .arg(millis(self.config.max_age))
+                        .arg(max_age)
                         .arg(window.max(1))
                         .arg(MAX_SENT_IDS);
                     expect.push(Expect::Append { name, seq });
                 }
                 Op::Ack { name, upto } => {
-                    pipe.cmd("EVAL")
-                        .arg(ACK)
-                        .arg(2)
-                        .arg(inbox_key(&name))
-                        .arg(bytes_key(&name))
-                        .arg(format!("{upto}-1"))
-                        .arg(format!("{}-0", upto.saturating_add(1)));
+                    Self::eval(
+                        &mut pipe,
+                        &shas,
+                        Script::Ack,
+                        &[inbox_key(&name), bytes_key(&name)],
+                    )
+                    .arg(format!("{upto}-1"))
+                    .arg(format!("{}-0", upto.saturating_add(1)));
                     expect.push(Expect::Ack { name });
                 }
                 Op::Lease { name, upto } => {
-                    pipe.cmd("EVAL").arg(LEASE).arg(1).arg(seq_key(&name)).arg(upto);
+                    Self::eval(&mut pipe, &shas, Script::Lease, &[seq_key(&name)]).arg(upto);
                     expect.push(Expect::Plain);
                 }
                 Op::Sent { sender, id } => {
-                    pipe.cmd("EVAL")
-                        .arg(SENT)
-                        .arg(1)
-                        .arg(sent_key(&sender))
+                    Self::eval(&mut pipe, &shas, Script::Sent, &[sent_key(&sender)])
                         .arg(id)
                         .arg(now)
                         .arg(now.saturating_sub(window))
@@ -388,7 +674,12 @@ impl Worker {
                     expect.push(Expect::Plain);
                 }
                 Op::Purge { name } => {
-                    pipe.cmd("EVAL").arg(PURGE).arg(2).arg(inbox_key(&name)).arg(bytes_key(&name));
+                    Self::eval(
+                        &mut pipe,
+                        &shas,
+                        Script::Purge,
+                        &[inbox_key(&name), bytes_key(&name)],
+                    );
                     expect.push(Expect::Purge { name });
                 }
                 // Room history stays in each node's memory in cluster mode.
@@ -400,14 +691,29 @@ impl Worker {
         }
         let values = match self.query(&pipe) {
             Ok(values) => values,
-            Err(_) => return false,
+            Err(error) => {
+                for expect in expect {
+                    if let Expect::Route { done, .. } = expect {
+                        guarded("a route completion", || done(RouteOutcome::Failed(error.clone())));
+                    }
+                }
+                return false;
+            }
         };
         let mut ok = true;
         let mut receipts = Vec::new();
         for (expect, value) in expect.into_iter().zip(values) {
             if let Value::ServerError(error) = &value {
                 tracing::error!(?error, "store: Redis refused an operation");
+                if error.code() == "NOSCRIPT" {
+                    // Redis restarted behind an open connection: reload next time.
+                    self.session = None;
+                }
                 ok = false;
+                if let Expect::Route { done, .. } = expect {
+                    let why = format!("message store (Redis): {error:?}");
+                    guarded("a route completion", || done(RouteOutcome::Failed(why)));
+                }
                 continue;
             }
             match expect {
@@ -437,6 +743,10 @@ impl Worker {
                     let bytes = items.get(1).and_then(int).unwrap_or(0);
                     self.removed(&name, entries, bytes);
                 }
+                Expect::Route { to, limits, done } => {
+                    let outcome = route_outcome(&to, limits, value);
+                    guarded("a route completion", || done(outcome));
+                }
                 Expect::Plain => {}
             }
         }
@@ -459,7 +769,8 @@ impl Worker {
             Read::Replay { name, after, upto, ack_through_after, reply } => {
                 if ack_through_after && after > 0 {
                     let ack = Op::Ack { name: Name::from(name.as_str()), upto: after };
-                    self.apply(vec![ack]);
+                    let ok = self.apply(vec![Item::Op(ack)], true);
+                    self.failed |= !ok;
                 }
                 let _ = reply.send(self.replay(&name, after, upto));
             }
@@ -472,9 +783,10 @@ impl Worker {
             Read::Load { name, reply } => {
                 let _ = reply.send(self.load(&name));
             }
-            Read::Route { request, done } => {
-                let outcome = self.route(request);
-                guarded("a route completion", || done(outcome));
+            // Batched by `run`; one arriving here alone is a batch of one.
+            Read::Route { request, done, cost } => {
+                self.apply(vec![Item::Route(request, done)], true);
+                self.shared.release(cost);
             }
         }
     }
@@ -513,18 +825,13 @@ impl Worker {
 
     fn load(&mut self, name: &str) -> Result<Loaded, String> {
         let cutoff = now_ms().saturating_sub(millis(self.config.dedup_window));
+        let shas = self.session()?.shas.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(LOAD)
-            .arg(4)
-            .arg(seq_key(name))
-            .arg(inbox_key(name))
-            .arg(bytes_key(name))
-            .arg(sent_key(name))
-            .arg(LEASE_STEP)
-            .arg(cutoff);
+        let keys = [seq_key(name), inbox_key(name), bytes_key(name), sent_key(name)];
+        Self::eval(&mut pipe, &shas, Script::Load, &keys).arg(LEASE_STEP).arg(cutoff);
         let value = self.query(&pipe)?.into_iter().next().unwrap_or(Value::Nil);
         if let Value::ServerError(error) = &value {
+            self.session = None;
             return Err(format!("message store (Redis): {error:?}"));
         }
         let items = array(value);
@@ -544,64 +851,30 @@ impl Worker {
                 .collect(),
         })
     }
+}
 
-    fn route(&mut self, request: RouteRequest) -> RouteOutcome {
-        let now = now_ms();
-        let window = millis(self.config.dedup_window);
-        let RouteRequest { to, record, client_id, receipt, forward, max_messages, max_bytes } =
-            request;
-        let rcpt = receipt_field(&record, client_id.as_deref(), receipt);
-        let from = record.from.as_deref().unwrap_or("");
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(ROUTE)
-            .arg(5)
-            .arg(claim_key(&to))
-            .arg(seq_key(&to))
-            .arg(inbox_key(&to))
-            .arg(bytes_key(&to))
-            .arg(sent_key(from))
-            .arg(&self.options.node_id)
-            .arg(""); // ARGV[2], the entry id in APPEND: ROUTE numbers itself
-        record_args(&mut pipe, &record, &rcpt);
-        pipe.arg(client_id.as_deref().unwrap_or(""))
-            .arg(now)
-            .arg(now.saturating_sub(window))
-            .arg(millis(self.config.max_age))
-            .arg(window.max(1))
-            .arg(MAX_SENT_IDS)
-            .arg(forward)
-            .arg("sb:node:")
-            .arg(max_messages)
-            .arg(max_bytes);
-        let value = match self.query(&pipe) {
-            Ok(values) => values.into_iter().next().unwrap_or(Value::Nil),
-            Err(error) => return RouteOutcome::Failed(error),
-        };
-        if let Value::ServerError(error) = &value {
-            return RouteOutcome::Failed(format!("message store (Redis): {error:?}"));
+/// What the `ROUTE` script's answer means.
+fn route_outcome(to: &str, (max_messages, max_bytes): (u64, u64), value: Value) -> RouteOutcome {
+    let items = array(value);
+    let word = items.first().and_then(text).unwrap_or_default();
+    match word.as_str() {
+        "ok" => RouteOutcome::Stored(items.get(1).and_then(int).unwrap_or(0)),
+        "fwd" => RouteOutcome::Forwarded(items.get(1).and_then(text).unwrap_or_default()),
+        "dup" => RouteOutcome::Duplicate,
+        "unknown" => RouteOutcome::Unknown,
+        "full" => {
+            let what = items.get(1).and_then(text).unwrap_or_default();
+            let have = items.get(2).and_then(int).unwrap_or(0);
+            let limit = if what == "bytes" { max_bytes } else { max_messages };
+            RouteOutcome::Full(format!(
+                "{to}'s inbox is full ({have} stored {what}; limit {limit}): \
+                 it must connect and acknowledge first"
+            ))
         }
-        let items = array(value);
-        let word = items.first().and_then(text).unwrap_or_default();
-        match word.as_str() {
-            "ok" => RouteOutcome::Stored(items.get(1).and_then(int).unwrap_or(0)),
-            "fwd" => RouteOutcome::Forwarded(items.get(1).and_then(text).unwrap_or_default()),
-            "dup" => RouteOutcome::Duplicate,
-            "unknown" => RouteOutcome::Unknown,
-            "full" => {
-                let what = items.get(1).and_then(text).unwrap_or_default();
-                let have = items.get(2).and_then(int).unwrap_or(0);
-                let limit = if what == "bytes" { max_bytes } else { max_messages };
-                RouteOutcome::Full(format!(
-                    "{to}'s inbox is full ({have} stored {what}; limit {limit}): \
-                     it must connect and acknowledge first"
-                ))
-            }
-            _ => RouteOutcome::Failed(format!(
-                "message store (Redis) refused the message: {}",
-                items.get(1).and_then(text).unwrap_or_default()
-            )),
-        }
+        _ => RouteOutcome::Failed(format!(
+            "message store (Redis) refused the message: {}",
+            items.get(1).and_then(text).unwrap_or_default()
+        )),
     }
 }
 

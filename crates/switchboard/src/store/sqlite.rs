@@ -203,6 +203,8 @@ pub(super) struct Worker {
     on_disk: OnDisk,
     /// Appends not written yet; see [`CARRY_MAX_AGE`].
     carry: Carry,
+    /// A commit failed since the last completion ran.
+    failed: bool,
 }
 
 /// Appends held in memory across batches, per name in seq order.
@@ -256,7 +258,16 @@ impl Worker {
             tracing::error!(error = %e, "store: cannot read inbox ranges; acks always delete");
             HashMap::new()
         });
-        Worker { conn, rx, shared, listener, config, on_disk, carry: Carry::default() }
+        Worker {
+            conn,
+            rx,
+            shared,
+            listener,
+            config,
+            on_disk,
+            carry: Carry::default(),
+            failed: false,
+        }
     }
 
     /// Serves commands until every sender is gone (the queue is drained
@@ -345,8 +356,15 @@ impl Worker {
                 false
             }
         };
+        // A completion confirms everything submitted before it: a failed
+        // commit of an earlier batch without completions counts too.
+        self.failed |= !ok;
+        let confirmed = !self.failed;
+        if !batch.thens.is_empty() {
+            self.failed = false;
+        }
         for then in batch.thens {
-            guarded("a completion", || then(ok));
+            guarded("a completion", || then(confirmed));
         }
         self.shared.drained.notify_waiters();
     }
@@ -383,9 +401,14 @@ impl Worker {
             Read::Load { reply, .. } => {
                 let _ = reply.send(Err("the SQLite store does not share inboxes".to_owned()));
             }
-            Read::Route { done, .. } => guarded("a route completion", || {
-                done(RouteOutcome::Failed("the SQLite store does not share inboxes".to_owned()));
-            }),
+            Read::Route { done, cost, .. } => {
+                self.shared.release(cost);
+                guarded("a route completion", || {
+                    done(RouteOutcome::Failed(
+                        "the SQLite store does not share inboxes".to_owned(),
+                    ));
+                });
+            }
         }
     }
 

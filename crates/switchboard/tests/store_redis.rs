@@ -1,0 +1,330 @@
+//! The Redis backend of the durable store (cluster mode) against a real
+//! `redis-server`, one per test: leases, the claim fence on appends, routing
+//! to offline names and to the claim holder, limits, acks with receipts, and
+//! reconnection after Redis restarts.
+
+mod common;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::redis::Redis;
+use common::WAIT;
+use futures_util::StreamExt;
+use switchboard::store::{
+    Entry, InboxStats, Op, Receipt, Record, RecordKind, RedisStoreOptions, RouteOutcome,
+    RouteRequest, Store, StoreConfig, StoreListener, SyncPolicy, LEASE_STEP,
+};
+use tokio::sync::oneshot;
+
+/// Records what the store reports to its listener.
+#[derive(Default)]
+struct Recorder {
+    removed: Mutex<Vec<(String, u64, u64)>>,
+    receipts: Mutex<Vec<Receipt>>,
+}
+
+impl StoreListener for Recorder {
+    fn removed(&self, name: &str, entries: u64, bytes: u64) {
+        self.removed.lock().unwrap().push((name.to_owned(), entries, bytes));
+    }
+    fn receipts(&self, receipts: Vec<Receipt>) {
+        self.receipts.lock().unwrap().extend(receipts);
+    }
+}
+
+impl Recorder {
+    fn removed(&self) -> Vec<(String, u64, u64)> {
+        self.removed.lock().unwrap().clone()
+    }
+    fn receipts(&self) -> Vec<Receipt> {
+        self.receipts.lock().unwrap().clone()
+    }
+}
+
+/// A store on `redis`'s Redis, as node `node_id`.
+fn open(redis: &Redis, node_id: &str) -> (Store, Arc<Recorder>) {
+    let config = StoreConfig {
+        data_dir: PathBuf::from("unused-by-the-redis-store"),
+        sync: SyncPolicy::Off,
+        max_batch: 1024,
+        queue_limit_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+        dedup_window: Duration::from_secs(600),
+        room_history: 0,
+    };
+    let options = RedisStoreOptions { url: redis.url(), node_id: node_id.to_owned() };
+    let recorder = Arc::new(Recorder::default());
+    let store = Store::open_redis(config, options, recorder.clone()).unwrap();
+    (store, recorder)
+}
+
+/// Awaits `future`, failing the test after [`WAIT`].
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future).await.expect("the store did not answer in time")
+}
+
+/// A plain connection to the test's Redis, for what the bus would do.
+async fn plain(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Makes `node` the holder of `name`'s claim, as the bus does at the handshake.
+async fn set_claim(redis: &Redis, name: &str, node: &str) {
+    let mut conn = plain(redis).await;
+    redis::cmd("SET")
+        .arg(format!("sb:name:{name}"))
+        .arg(node)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Submits `op` and waits for its completion: true when it was applied.
+async fn commit(store: &Store, op: Op) -> bool {
+    let (tx, rx) = oneshot::channel();
+    store
+        .submit_then(
+            op,
+            Some(Box::new(move |ok| {
+                let _ = tx.send(ok);
+            })),
+        )
+        .unwrap();
+    within(rx).await.unwrap()
+}
+
+async fn route(store: &Store, request: RouteRequest) -> RouteOutcome {
+    let (tx, rx) = oneshot::channel();
+    store.route(
+        request,
+        Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        }),
+    );
+    within(rx).await.unwrap()
+}
+
+/// Every stored entry of `name`'s inbox.
+async fn replay(store: &Store, name: &str) -> Vec<Entry> {
+    within(store.replay(name, 0, u64::MAX, false)).await.unwrap().unwrap()
+}
+
+async fn stats(store: &Store, name: &str) -> InboxStats {
+    within(store.inbox_stats(name)).await.unwrap()
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// A direct message from alice.
+fn record(text: &str) -> Record {
+    Record {
+        kind: RecordKind::Direct,
+        ts: now_ms(),
+        from: Some("alice".into()),
+        text: text.into(),
+        payload: None,
+    }
+}
+
+fn append(name: &str, seq: u64, record: Record) -> Op {
+    Op::Append { name: name.into(), seq, record, client_id: None, receipt: false, live: false }
+}
+
+/// A delivery from alice to `to`, with generous limits and nothing to forward.
+fn request(to: &str, record: Record, client_id: Option<&str>) -> RouteRequest {
+    RouteRequest {
+        to: to.into(),
+        record,
+        client_id: client_id.map(str::to_owned),
+        receipt: false,
+        forward: Vec::new(),
+        max_messages: 100,
+        max_bytes: 1 << 20,
+    }
+}
+
+/// Each takeover leases a fresh block above every seq handed out before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_leases_blocks_above_every_seq() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    let first = within(store.load("bob")).await.unwrap();
+    let second = within(store.load("bob")).await.unwrap();
+    assert_eq!(first.leased - first.next_seq + 1, LEASE_STEP);
+    assert!(second.next_seq > first.leased, "{first:?} then {second:?}");
+    assert_eq!((second.depth, second.bytes), (0, 0));
+}
+
+/// An append stores only while this node holds the name's claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_fenced_by_the_claim() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    set_claim(&redis, "bob", "n1").await;
+    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    let mut binary = record("");
+    binary.kind = RecordKind::Binary;
+    binary.payload = Some(Bytes::from_static(b"\x00\x01\xff"));
+
+    assert!(commit(&store, append("bob", seq, binary.clone())).await);
+    assert!(commit(&store, Op::Barrier).await);
+    assert_eq!(replay(&store, "bob").await, [Entry { seq, record: binary.clone() }]);
+
+    set_claim(&redis, "bob", "n2").await;
+    assert!(!commit(&store, append("bob", seq + 1, record("stale"))).await);
+    assert_eq!(replay(&store, "bob").await, [Entry { seq, record: binary }]);
+}
+
+/// With no claim held, a known name's delivery is numbered and stored; an
+/// unknown name's is refused, a repeated client id is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_stores_for_offline_known_names_and_refuses_unknown_ones() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    assert_eq!(
+        route(&store, request("bob", record("hi"), Some("m1"))).await,
+        RouteOutcome::Unknown
+    );
+
+    let loaded = within(store.load("bob")).await.unwrap();
+    let hi = record("hi");
+    let outcome = route(&store, request("bob", hi.clone(), Some("m1"))).await;
+    let RouteOutcome::Stored(seq) = outcome else { panic!("not stored: {outcome:?}") };
+    assert!(seq > loaded.leased, "seq {seq} inside the block {loaded:?}");
+    assert_eq!(replay(&store, "bob").await, [Entry { seq, record: hi }]);
+
+    let again = route(&store, request("bob", record("hi"), Some("m1"))).await;
+    assert_eq!(again, RouteOutcome::Duplicate);
+    assert_eq!(replay(&store, "bob").await.len(), 1);
+}
+
+/// A delivery to a name another node holds is published to that node, as
+/// given, and not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_forwards_to_the_claim_holder() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("sb:node:n2").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    within(store.load("bob")).await.unwrap();
+    set_claim(&redis, "bob", "n2").await;
+
+    let frame = b"\x00a cluster frame\xff".to_vec();
+    let outcome = route(
+        &store,
+        RouteRequest { forward: frame.clone(), ..request("bob", record("hi"), None) },
+    )
+    .await;
+    assert_eq!(outcome, RouteOutcome::Forwarded("n2".to_owned()));
+    let message = within(messages.next()).await.unwrap();
+    assert_eq!(message.get_payload_bytes(), frame);
+    assert_eq!(stats(&store, "bob").await.depth, 0);
+}
+
+/// An offline inbox at its message or byte limit refuses with `Full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_refuses_with_full_at_the_inbox_limit() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    within(store.load("bob")).await.unwrap();
+    let limited = || RouteRequest { max_messages: 2, ..request("bob", record("hi"), None) };
+    assert!(matches!(route(&store, limited()).await, RouteOutcome::Stored(_)));
+    assert!(matches!(route(&store, limited()).await, RouteOutcome::Stored(_)));
+    let full = route(&store, limited()).await;
+    assert!(matches!(&full, RouteOutcome::Full(why) if why.contains("messages")), "{full:?}");
+    assert_eq!(stats(&store, "bob").await.depth, 2);
+
+    within(store.load("carol")).await.unwrap();
+    let small = RouteRequest { max_bytes: 10, ..request("carol", record("hi"), None) };
+    let full = route(&store, small).await;
+    assert!(matches!(&full, RouteOutcome::Full(why) if why.contains("bytes")), "{full:?}");
+}
+
+/// An ack trims the inbox, reports what left it and the receipts owed for
+/// the acknowledged entries only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_trim_and_report_receipts() {
+    let redis = Redis::start().await;
+    let (store, recorder) = open(&redis, "n1");
+    set_claim(&redis, "bob", "n1").await;
+    let first = within(store.load("bob")).await.unwrap().next_seq;
+    for (i, receipt) in [true, false, true].into_iter().enumerate() {
+        let op = Op::Append {
+            name: "bob".into(),
+            seq: first + i as u64,
+            record: record("hey"),
+            client_id: Some(format!("m{i}")),
+            receipt,
+            live: false,
+        };
+        assert!(commit(&store, op).await);
+    }
+    let size = record("hey").size() as u64;
+
+    assert!(commit(&store, Op::Ack { name: "bob".into(), upto: first + 1 }).await);
+    let receipt = |id: &str| Receipt { sender: "alice".into(), id: id.into(), to: "bob".into() };
+    assert_eq!(recorder.receipts(), [receipt("m0")]);
+    assert_eq!(recorder.removed(), [("bob".to_owned(), 2, 2 * size)]);
+    let left = stats(&store, "bob").await;
+    assert_eq!((left.depth, left.bytes, left.first_seq), (1, size, Some(first + 2)));
+
+    assert!(commit(&store, Op::Ack { name: "bob".into(), upto: first + 2 }).await);
+    assert_eq!(recorder.receipts(), [receipt("m0"), receipt("m2")]);
+    assert_eq!(stats(&store, "bob").await, InboxStats::default());
+}
+
+/// A barrier reports the failure of an append submitted before it: the hub
+/// submits a delivery's append without a completion and answers its sender
+/// on the barrier that follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_reports_a_refused_append_before_it() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    set_claim(&redis, "bob", "n2").await;
+    store.submit(append("bob", 1, record("fenced"))).unwrap();
+    // A read ends the batch, so the barrier lands in a batch of its own (as
+    // it does by chance when the store thread wakes between the two).
+    stats(&store, "bob").await;
+    assert!(replay(&store, "bob").await.is_empty());
+    assert!(!commit(&store, Op::Barrier).await, "the refused append was confirmed");
+}
+
+/// Operations fail while Redis is down and succeed again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_is_reconnected() {
+    let mut redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    set_claim(&redis, "bob", "n1").await;
+    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    assert!(commit(&store, append("bob", seq, record("before"))).await);
+
+    redis.stop().await;
+    assert!(!commit(&store, append("bob", seq + 1, record("down"))).await);
+    let outcome = route(&store, request("carol", record("down"), None)).await;
+    assert!(matches!(outcome, RouteOutcome::Failed(_)), "{outcome:?}");
+    assert!(within(store.load("bob")).await.is_err());
+    assert!(within(store.replay("bob", 0, u64::MAX, false)).await.unwrap().is_err());
+
+    // Nothing was persisted: the claim and the counter start over.
+    redis.spawn().await;
+    set_claim(&redis, "bob", "n1").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let seq = loop {
+        match within(store.load("bob")).await {
+            Ok(loaded) => break loaded.next_seq,
+            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let after = record("after");
+    assert!(commit(&store, append("bob", seq, after.clone())).await);
+    assert_eq!(replay(&store, "bob").await, [Entry { seq, record: after }]);
+}
