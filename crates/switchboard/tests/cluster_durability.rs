@@ -330,3 +330,100 @@ async fn a_node_killed_mid_stream_loses_no_acked_message() {
     let missing: Vec<&usize> = acked.iter().filter(|i| !all.contains(i)).collect();
     assert!(missing.is_empty(), "acked but never delivered: {missing:?}");
 }
+
+async fn join_since(client: &mut WsClient, room: &str, since: Value) -> Vec<Value> {
+    client.send_json(json!({"type": "join", "id": "j", "room": room, "since": since})).await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = client.recv_json().await;
+        if frame["type"] == "ack" {
+            assert_eq!(frame["id"], "j", "{frame}");
+            return replayed;
+        }
+        assert_eq!((&frame["type"], &frame["room"]), (&json!("room"), &json!(room)), "{frame}");
+        replayed.push(frame);
+    }
+}
+
+fn room_texts(deliveries: &[Value]) -> Vec<&str> {
+    deliveries.iter().map(|d| d["text"].as_str().unwrap_or("<none>")).collect()
+}
+
+fn rseq_of(delivery: &Value) -> u64 {
+    delivery["rseq"].as_u64().unwrap_or_else(|| panic!("no rseq: {delivery}"))
+}
+
+/// Room history lives in Redis: one `rseq` numbering for the room across
+/// nodes, every member sees the same order, and a client joining with
+/// `since` on any node — one started after the messages too — gets what it
+/// missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
+    let redis = Redis::start().await;
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = v1(&nodes[0], "alice").await;
+    let mut bob = v1(&nodes[1], "bob").await;
+    let mut carol = v1(&nodes[1], "carol").await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        assert!(join_since(client, "r", json!({"rseq": 0})).await.is_empty());
+    }
+    common::redis::settle(&nodes, 3).await;
+    for i in 0..4 {
+        let ack = ask(
+            &mut alice,
+            json!({"type": "publish", "id": format!("p{i}"), "room": "r", "text": format!("a{i}")}),
+        )
+        .await;
+        assert_eq!(
+            (ack["type"].as_str(), ack["id"].as_str()),
+            (Some("ack"), Some(format!("p{i}").as_str())),
+            "{ack}"
+        );
+    }
+    // Carol (node 2) has alice's four first, then the ack of her own.
+    carol.send_json(json!({"type": "publish", "id": "c", "room": "r", "text": "c0"})).await;
+    let mut before = Vec::new();
+    loop {
+        let frame = carol.recv_json().await;
+        if frame["type"] == "ack" {
+            break;
+        }
+        before.push(frame);
+    }
+    assert_eq!(room_texts(&before), ["a0", "a1", "a2", "a3"]);
+    // Bob (node 2) sees alice's four then carol's, numbered 1..=5.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(bob.recv_json().await);
+    }
+    assert_eq!(room_texts(&seen), ["a0", "a1", "a2", "a3", "c0"]);
+    assert_eq!(seen.iter().map(rseq_of).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    // Alice (node 1) gets carol's with the same rseq.
+    let got = alice.recv_json().await;
+    assert_eq!((got["text"].as_str(), rseq_of(&got)), (Some("c0"), 5), "{got}");
+
+    // Dave joins on node 1 after rseq 2: replayed 3..=5, in order.
+    let mut dave = v1(&nodes[0], "dave").await;
+    let replayed = join_since(&mut dave, "r", json!({"rseq": 2})).await;
+    assert_eq!(room_texts(&replayed), ["a2", "a3", "c0"]);
+
+    // A node started afterwards reads the history from Redis.
+    let late = TestServer::start_with(common::redis::node_config(&redis, "n3")).await;
+    let hub = late.hub.clone();
+    eventually("late node connected", || hub.bus().is_clustered() && hub.bus().healthy()).await;
+    let mut eve = v1(&late, "eve").await;
+    let mut replayed = Vec::new();
+    for _ in 0..100 {
+        replayed = join_since(&mut eve, "r", json!({"rseq": 0})).await;
+        if replayed.len() == 5 {
+            break;
+        }
+        assert_eq!(
+            ask(&mut eve, json!({"type": "leave", "id": "l", "room": "r"})).await["type"],
+            "ack"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(room_texts(&replayed), ["a0", "a1", "a2", "a3", "c0"]);
+    assert_eq!(replayed.iter().map(rseq_of).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+}

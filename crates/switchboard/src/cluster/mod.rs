@@ -97,6 +97,10 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
     /// Tells `node` the outcome of the send it registered as `token`.
     fn answer(&self, _node: &str, _token: u64, _outcome: Result<Accepted, RouteError>) {}
+    /// The frame of a room message kept in Redis (see [`Envelope::RoomKept`]).
+    fn room_frame(&self, _message: &Message, _echo: bool) -> Vec<u8> {
+        Vec::new()
+    }
     /// The frame that hands `message` for `to` to the node holding `to`,
     /// asking it to answer `reply` (node, token) once stored.
     fn direct_frame(
@@ -278,6 +282,20 @@ pub enum Envelope {
         /// Issue 7, for a direct payload: as for `Direct`.
         #[serde(default, flatten)]
         kept: Kept,
+    },
+    /// Issue 7: a room message kept in the room's history in Redis, published
+    /// (behind its `rseq`) to every node, its origin included.
+    RoomKept {
+        /// The room.
+        room: String,
+        /// The sender; `None` for the operator.
+        from: Option<String>,
+        /// The text.
+        text: String,
+        /// Deliver to the sender too.
+        echo: bool,
+        /// Hub time at the origin, ms since the Unix epoch.
+        ts: u64,
     },
     /// Issue 7: a delivery receipt for `to`: `by` acknowledged its message `id`.
     Receipt {

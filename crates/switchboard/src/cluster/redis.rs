@@ -50,6 +50,7 @@ use crate::hub::{
     Accepted, Body, ClientInfo, EventKind, Hub, HubEvent, Message, OnCommit, RegisterError,
     RouteError,
 };
+use crate::store::ROOM_CHANNEL;
 
 /// Commands queued for the bus task; more than this and sends are refused
 /// rather than buffered without bound.
@@ -319,6 +320,18 @@ impl Bus for RedisBus {
         }
     }
 
+    fn room_frame(&self, message: &Message, echo: bool) -> Vec<u8> {
+        let Body::Room { room, from, text, .. } = message.body() else { return Vec::new() };
+        let envelope = Envelope::RoomKept {
+            room: room.to_string(),
+            from: from.as_ref().map(ToString::to_string),
+            text: text.clone(),
+            echo,
+            ts: message.ts(),
+        };
+        Frame::encode(&self.options.node_id, envelope, &[])
+    }
+
     fn direct_frame(
         &self,
         to: &str,
@@ -524,6 +537,16 @@ impl Task {
         tokio::time::timeout(REDIS_TIMEOUT, pubsub.subscribe(&[ALL, node_key(&node).as_str()]))
             .await
             .map_err(|_| timeout_error())??;
+        // Issue 7: room messages kept in Redis come on their own channel.
+        if self.hub.shares_inboxes() {
+            tokio::time::timeout(REDIS_TIMEOUT, pubsub.subscribe(ROOM_CHANNEL))
+                .await
+                .map_err(|_| timeout_error())??;
+            // Fill (or refresh) this node's copy of the rooms' histories, now
+            // that later messages arrive on the channel.
+            let hub = self.hub.clone();
+            tokio::spawn(async move { hub.reload_room_histories().await });
+        }
         let mut messages = pubsub.into_on_message();
         self.heartbeat(&mut conn, false).await?;
         self.bus.healthy.store(true, Ordering::Release);
@@ -554,7 +577,11 @@ impl Task {
                             "pub/sub connection closed",
                         )));
                     };
-                    self.on_message(&mut conn, message.get_payload_bytes()).await?;
+                    if message.get_channel_name() == ROOM_CHANNEL {
+                        self.on_room(message.get_payload_bytes());
+                    } else {
+                        self.on_message(&mut conn, message.get_payload_bytes()).await?;
+                    }
                 }
                 _ = tick.tick() => {
                     self.bus.expire_answers();
@@ -731,6 +758,25 @@ impl Task {
             .await;
     }
 
+    /// A room message from the `ROOM` script: `{rseq}\n{frame}`. Every node
+    /// takes it, the origin too (it delivers only from here).
+    fn on_room(&self, bytes: &[u8]) {
+        let parsed = bytes.iter().position(|b| *b == b'\n').and_then(|at| {
+            let rseq = std::str::from_utf8(&bytes[..at]).ok()?.parse::<u64>().ok()?;
+            Some((rseq, Frame::decode(&bytes[at + 1..]).ok()?))
+        });
+        let Some((rseq, frame)) = parsed else {
+            tracing::warn!("ignoring unreadable room frame");
+            return;
+        };
+        if let Envelope::RoomKept { room, from, text, echo, ts } = frame.envelope {
+            let from = from.and_then(|f| self.hub.client_name(&f).ok());
+            if let Ok(room) = self.hub.room_name(&room) {
+                self.hub.room_kept(room, from, text, echo, ts, rseq);
+            }
+        }
+    }
+
     async fn on_message(&self, conn: &mut MultiplexedConnection, bytes: &[u8]) -> RedisResult<()> {
         let frame = match Frame::decode(bytes) {
             Ok(frame) => frame,
@@ -785,6 +831,8 @@ impl Task {
                     deliver(hub, &to, Body::Receipt { id, to: by }, Kept::default());
                 }
             }
+            // Only on the room channel (see `on_room`).
+            Envelope::RoomKept { .. } => {}
             Envelope::Answer { token, outcome } => {
                 if let Some(answer) = self.bus.take_answer(token) {
                     answer(outcome.into());

@@ -31,8 +31,8 @@ use super::message::{now_ms, Body, Message};
 use super::outbox::{Outgoing, Replay};
 use super::{Client, Hub, RouteError, Shared, State};
 use crate::store::{
-    Entry, InboxStats, Loaded, Op, Receipt, Record, RecordKind, RoomRecord, RouteOutcome,
-    RouteRequest, Snapshot, Store, StoreListener,
+    Entry, InboxStats, Loaded, Op, Receipt, Record, RecordKind, RoomPublish, RoomRecord,
+    RouteOutcome, RouteRequest, Snapshot, Store, StoreListener,
 };
 
 /// How the hub took a message.
@@ -124,6 +124,27 @@ pub(crate) struct RoomHistory {
 }
 
 impl RoomHistory {
+    /// Cluster mode: keeps `message` (numbered by Redis) in rseq order,
+    /// once, within the last `keep`.
+    fn insert(&mut self, message: Arc<Message>, rseq: u64, keep: usize) {
+        let rseq_of = |m: &Arc<Message>| match m.body() {
+            Body::Room { rseq: Some(rseq), .. } => *rseq,
+            _ => 0,
+        };
+        let at = self.recent.partition_point(|m| rseq_of(m) < rseq);
+        if self.recent.get(at).is_some_and(|m| rseq_of(m) == rseq) {
+            return;
+        }
+        if self.recent.len() >= keep && at == 0 {
+            return; // older than everything kept
+        }
+        self.recent.insert(at, message);
+        while self.recent.len() > keep {
+            self.recent.pop_front();
+        }
+        self.next_rseq = self.next_rseq.max(rseq);
+    }
+
     /// The kept messages after `since`, oldest first.
     pub(crate) fn since(&self, since: Since) -> impl Iterator<Item = &Arc<Message>> {
         self.recent.iter().filter(move |message| match since {
@@ -745,6 +766,120 @@ impl Hub {
             let _ = store.submit(Op::RoomAppend { room: room.to_string(), record });
         }
         message
+    }
+
+    /// Cluster mode: hands a room message to Redis (see
+    /// [`Store::room_publish`]); every node, this one too, delivers it when
+    /// it comes back on the room channel ([`Hub::room_kept`]). Takes the
+    /// sender's `answer`: it runs once Redis has the message. Returns how
+    /// many members on other nodes it is for.
+    pub(super) fn publish_kept(
+        &self,
+        room: RoomName,
+        echo: bool,
+        body: impl FnOnce(RoomName, Option<u64>) -> Body,
+        answer: &mut Option<OnCommit>,
+    ) -> Result<usize, RouteError> {
+        let Some(store) = self.shared.store.get() else {
+            return Err(RouteError::ClusterUnavailable);
+        };
+        if !self.bus().healthy() {
+            return Err(RouteError::ClusterUnavailable);
+        }
+        let message = Message::new(body(room.clone(), None));
+        let Body::Room { from, text, .. } = message.body() else {
+            return Err(RouteError::NoSuchRoom(room.to_string()));
+        };
+        let publish = RoomPublish {
+            room: room.to_string(),
+            ts: message.ts(),
+            from: from.as_ref().map(ToString::to_string),
+            text: text.clone(),
+            frame: self.bus().room_frame(&message, echo),
+        };
+        let remote = self.bus().remote_rooms().get(&room).map_or(0, Vec::len);
+        let answer = answer.take();
+        store.room_publish(
+            publish,
+            Box::new(move |rseq| match (rseq, answer) {
+                (Ok(_), Some(answer)) => answer(Ok(Accepted::Live)),
+                (Err(why), Some(answer)) => answer(Err(RouteError::StoreUnavailable(why))),
+                (Err(why), None) => tracing::warn!(%room, %why, "room message lost"),
+                (Ok(_), None) => {}
+            }),
+        );
+        Ok(remote)
+    }
+
+    /// Cluster mode: a room message numbered in Redis (`rseq`) reached this
+    /// node: kept in the node's copy of the room's history and delivered to
+    /// the room's local members, under the hub's lock like any publish.
+    pub fn room_kept(
+        &self,
+        room: RoomName,
+        from: Option<ClientName>,
+        text: String,
+        echo: bool,
+        ts: u64,
+        rseq: u64,
+    ) {
+        let body = Body::Room { room: room.clone(), from: from.clone(), text, rseq: Some(rseq) };
+        let message = Arc::new(Message::at(ts, body));
+        let keep = self.shared.limits.room_history;
+        let mut state = self.state();
+        if keep > 0 {
+            let may_add = state.histories.len() < self.shared.limits.max_history_rooms;
+            let history = match state.histories.get_mut(&room) {
+                Some(history) => Some(history),
+                None if may_add => Some(state.histories.entry(room.clone()).or_default()),
+                None => None,
+            };
+            if let Some(history) = history {
+                history.insert(message.clone(), rseq, keep);
+            }
+        }
+        let Some(entry) = state.rooms.get(&room) else { return };
+        let delivered = entry
+            .members
+            .iter()
+            .filter(|(name, _)| echo || from.as_ref() != Some(*name))
+            .filter(|(_, member)| member.deliver(&message).is_ok())
+            .count();
+        drop(state);
+        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+    }
+
+    /// Cluster mode: fills this node's copy of every room's history from
+    /// Redis (at start, and after the bus reconnects).
+    pub async fn reload_room_histories(&self) {
+        let Some(store) = self.shared.store.get().filter(|store| store.shares_inboxes()) else {
+            return;
+        };
+        let rooms = match store.histories().await {
+            Ok(rooms) => rooms,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the rooms' history from Redis");
+                return;
+            }
+        };
+        let keep = self.shared.limits.room_history;
+        let mut state = self.state();
+        for (room, records) in rooms {
+            let Ok(room) = self.room_name(&room) else { continue };
+            if !state.histories.contains_key(&room)
+                && state.histories.len() >= self.shared.limits.max_history_rooms
+            {
+                continue;
+            }
+            let history = state.histories.entry(room.clone()).or_default();
+            for record in records {
+                let from = record.from.and_then(|from| self.client_name(&from).ok());
+                let rseq = record.rseq;
+                let body =
+                    Body::Room { room: room.clone(), from, text: record.text, rseq: Some(rseq) };
+                history.insert(Arc::new(Message::at(record.ts, body)), rseq, keep);
+            }
+        }
     }
 
     /// Routes receipts owed after acknowledgements to their senders.

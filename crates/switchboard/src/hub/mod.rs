@@ -1013,10 +1013,10 @@ impl Hub {
         meta: SendMeta,
     ) -> Result<usize, RouteError> {
         let mut delivered = 0;
-        self.send_as(client, meta, |hub, _, _| {
+        self.send_as(client, meta, |hub, _, answer| {
             let body =
                 |room, rseq| Body::Room { room, from: Some(client.name.clone()), text, rseq };
-            delivered = hub.publish_body(Some(client), room, echo, true, body)?;
+            delivered = hub.publish_body(Some(client), room, echo, true, body, answer)?;
             Ok(Accepted::Live)
         })?;
         Ok(delivered)
@@ -1032,11 +1032,8 @@ impl Hub {
         room: &str,
         payload: Bytes,
     ) -> Result<usize, RouteError> {
-        self.publish_body(Some(client), room, false, false, |room, _| Body::Binary {
-            from: client.name.clone(),
-            room: Some(room),
-            payload,
-        })
+        let body = |room, _| Body::Binary { from: client.name.clone(), room: Some(room), payload };
+        self.publish_body(Some(client), room, false, false, body, &mut None)
     }
 
     /// Publishes `text` from the operator to every member of `room`.
@@ -1044,12 +1041,8 @@ impl Hub {
     /// # Errors
     /// [`RouteError::NoSuchRoom`] when the room has no members.
     pub fn publish_as_server(&self, room: &str, text: String) -> Result<usize, RouteError> {
-        self.publish_body(None, room, true, true, |room, rseq| Body::Room {
-            room,
-            from: None,
-            text,
-            rseq,
-        })
+        let body = |room, rseq| Body::Room { room, from: None, text, rseq };
+        self.publish_body(None, room, true, true, body, &mut None)
     }
 
     fn publish_body(
@@ -1059,6 +1052,7 @@ impl Hub {
         echo: bool,
         history: bool,
         body: impl FnOnce(RoomName, Option<u64>) -> Body,
+        answer: &mut Option<OnCommit>,
     ) -> Result<usize, RouteError> {
         let mut state = self.state();
         // A room that only has watchers has no members to publish to.
@@ -1070,6 +1064,9 @@ impl Hub {
             if sender.is_none() && self.bus().is_clustered() {
                 if let Ok(room_name) = self.room_name(room) {
                     if self.bus().remote_rooms().contains_key(&room_name) {
+                        if history && self.shared.limits.room_history > 0 && self.shares_inboxes() {
+                            return self.publish_kept(room_name, echo, body, answer);
+                        }
                         let message = Message::new(body(room_name, None));
                         return self.bus().publish_all(&message);
                     }
@@ -1086,6 +1083,17 @@ impl Hub {
             }
         }
         let room_name = room_name.clone();
+        // Issue 7 in cluster mode: the room's history lives in Redis, which
+        // numbers the message and publishes it to every node, this one too.
+        if history && self.shared.limits.room_history > 0 && self.shares_inboxes() {
+            let local = entry
+                .members
+                .keys()
+                .filter(|name| echo || Some(*name) != sender.map(|s| &s.name))
+                .count();
+            drop(state);
+            return self.publish_kept(room_name, echo, body, answer).map(|remote| local + remote);
+        }
         // Issue 7: text published to the room is kept in its history.
         let message = match history {
             true => self.record_in_history(&mut state, room_name.clone(), body),

@@ -50,6 +50,8 @@ use tokio::sync::{oneshot, Notify};
 
 mod redis;
 mod sqlite;
+
+pub use self::redis::ROOM_CHANNEL;
 #[cfg(test)]
 mod tests;
 
@@ -297,6 +299,28 @@ pub enum RouteOutcome {
     /// The store could not be reached or refused.
     Failed(String),
 }
+
+/// A room message to number and publish cluster-wide (the Redis store).
+#[derive(Debug, Clone)]
+pub struct RoomPublish {
+    /// The room.
+    pub room: String,
+    /// Hub time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The sender; `None` for the operator.
+    pub from: Option<String>,
+    /// The text.
+    pub text: String,
+    /// The cluster frame every node delivers from (the room's `rseq` is
+    /// put in front of it, see `redis.rs`).
+    pub frame: Vec<u8>,
+}
+
+/// Rooms and their kept messages, oldest first.
+pub type Histories = Vec<(String, Vec<RoomRecord>)>;
+
+/// Runs on the store thread with a room message's `rseq`, or why it failed.
+pub type RoomDone = Box<dyn FnOnce(Result<u64, String>) + Send>;
 
 /// Runs on the store thread with the outcome of a [`RouteRequest`].
 pub type RouteDone = Box<dyn FnOnce(RouteOutcome) + Send>;
@@ -559,6 +583,36 @@ impl Store {
         }
     }
 
+    /// Cluster mode: numbers a room message with the room's cluster-wide
+    /// `rseq`, keeps it in the room's history in Redis (the last
+    /// [`StoreConfig::room_history`]) and publishes it to every node, this
+    /// one included, in one atomic step; `done` gets the rseq. Pipelined
+    /// with the operations, charged to the queue.
+    pub fn room_publish(&self, publish: RoomPublish, done: RoomDone) {
+        let cost = 64 + publish.room.len() + publish.text.len() + publish.frame.len();
+        if let Err(error) = self.charge(cost) {
+            done(Err(error.to_string()));
+            return;
+        }
+        if let Err(cmd) = self.send_read(Read::RoomPublish { publish, done, cost }) {
+            self.inner.shared.release(cost);
+            if let Cmd::Read(Read::RoomPublish { done, .. }) = *cmd {
+                done(Err(StoreError::Closed.to_string()));
+            }
+        }
+    }
+
+    /// Cluster mode: every room's kept history in Redis, oldest first.
+    pub async fn histories(&self) -> Result<Histories, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send_read(Read::Histories { reply }).map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(rooms)) => Ok(rooms),
+            Ok(Err(error)) => Err(StoreError::Database(error)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
     /// Charges `cost` bytes to the queue, or fails when it is full.
     fn charge(&self, cost: usize) -> Result<(), StoreError> {
         let limit = self.inner.limit;
@@ -726,6 +780,18 @@ enum Read {
     Load {
         name: String,
         reply: oneshot::Sender<Result<Loaded, String>>,
+    },
+    /// Numbers a room message, keeps it in the room's history and publishes
+    /// it to every node (the Redis store only).
+    RoomPublish {
+        publish: RoomPublish,
+        done: RoomDone,
+        /// Bytes charged to the queue for it.
+        cost: usize,
+    },
+    /// Every room's history (the Redis store only).
+    Histories {
+        reply: oneshot::Sender<Result<Histories, String>>,
     },
     /// Stores or forwards a delivery to a name not held here (the Redis store only).
     Route {

@@ -37,12 +37,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::{Client, Connection, Value};
 
-use super::RouteDone;
+use super::{Histories, RouteDone};
 
 use super::sqlite::guarded;
 use super::{
     Cmd, Entry, InboxStats, Loaded, Name, Op, Read, Receipt, Record, RecordKind, RedisStoreOptions,
-    RouteOutcome, RouteRequest, Shared, StoreConfig, StoreListener, LEASE_STEP,
+    RoomDone, RoomPublish, RoomRecord, RouteOutcome, RouteRequest, Shared, StoreConfig,
+    StoreListener, LEASE_STEP,
 };
 
 /// Connect timeout.
@@ -58,6 +59,8 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
 /// Most appends carried; beyond, they are all written.
 const CARRY_MAX_ENTRIES: usize = 200_000;
+/// Most rooms whose history is read back at once.
+const MAX_HISTORY_SCAN: usize = 10_000;
 /// Most client ids kept per sender.
 const MAX_SENT_IDS: usize = 4096;
 
@@ -164,6 +167,21 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[2])
 return {top, depth, bytes, redis.call('ZRANGE', KEYS[4], 0, -1)}
 ";
 
+/// Numbers a room message with the room's counter, keeps it in the room's
+/// capped stream and publishes `{rseq}\n{frame}` to every node, atomically:
+/// every node sees the room's messages in rseq order. Returns the rseq.
+const ROOM: &str = r"
+local rseq = redis.call('INCR', KEYS[1])
+local f = {'ts', ARGV[1], 't', ARGV[3]}
+if ARGV[2] ~= '' then f[#f+1] = 'f'; f[#f+1] = ARGV[2] end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], string.format('%d-1', rseq), unpack(f))
+redis.call('PUBLISH', ARGV[6], string.format('%d', rseq) .. '\n' .. ARGV[5])
+return rseq
+";
+
+/// The channel room messages with history are published on (see `ROOM`).
+pub const ROOM_CHANNEL: &str = "sb:room";
+
 /// Empties an inbox: returns {entries, bytes}.
 const PURGE: &str = r"
 local depth = redis.call('XLEN', KEYS[1])
@@ -185,13 +203,19 @@ fn bytes_key(name: &str) -> String {
 fn sent_key(name: &str) -> String {
     format!("sb:sent:{name}")
 }
+fn rseq_key(room: &str) -> String {
+    format!("sb:rseq:{room}")
+}
+fn room_key(room: &str) -> String {
+    format!("sb:room:{room}")
+}
 fn claim_key(name: &str) -> String {
     format!("sb:name:{name}")
 }
 
 /// The scripts, loaded once per connection and called by SHA (`EVALSHA`),
 /// so a batch does not carry their source once per operation.
-const SCRIPTS: [&str; 7] = [APPEND, ROUTE, ACK, LEASE, SENT, LOAD, PURGE];
+const SCRIPTS: [&str; 8] = [APPEND, ROUTE, ACK, LEASE, SENT, LOAD, PURGE, ROOM];
 
 #[derive(Clone, Copy)]
 enum Script {
@@ -202,6 +226,7 @@ enum Script {
     Sent = 4,
     Load = 5,
     Purge = 6,
+    Room = 7,
 }
 
 /// A connection with the SHAs of [`SCRIPTS`] loaded on it.
@@ -300,6 +325,7 @@ impl Carry {
 enum Item {
     Op(Op),
     Route(RouteRequest, RouteDone),
+    Room(RoomPublish, RoomDone),
 }
 
 /// How to read one pipeline result.
@@ -312,6 +338,8 @@ enum Expect {
     Purge { name: Name },
     /// A route: its outcome goes to `done`.
     Route { to: Name, limits: (u64, u64), done: RouteDone },
+    /// A room publish: its rseq goes to `done`.
+    Room { done: RoomDone },
     /// Anything else: only errors matter.
     Plain,
 }
@@ -377,6 +405,10 @@ impl Worker {
                     }
                     Cmd::Read(Read::Route { request, done, cost: c }) => {
                         items.push(Item::Route(request, done));
+                        cost = cost.saturating_add(c);
+                    }
+                    Cmd::Read(Read::RoomPublish { publish, done, cost: c }) => {
+                        items.push(Item::Room(publish, done));
                         cost = cost.saturating_add(c);
                     }
                     Cmd::Read(r) => {
@@ -559,7 +591,7 @@ impl Worker {
         let items = self.plan(items, everything);
         if !items.iter().any(|item| match item {
             Item::Op(Op::RoomAppend { .. } | Op::Barrier) => false,
-            Item::Op(_) | Item::Route(..) => true,
+            Item::Op(_) | Item::Route(..) | Item::Room(..) => true,
         }) {
             return true;
         }
@@ -578,6 +610,9 @@ impl Worker {
                                 done(RouteOutcome::Failed(error.clone()))
                             });
                         }
+                        Item::Room(_, done) => {
+                            guarded("a room completion", || done(Err(error.clone())));
+                        }
                         Item::Op(Op::RoomAppend { .. } | Op::Barrier) => {}
                         Item::Op(_) => ok = false,
                     }
@@ -590,6 +625,19 @@ impl Worker {
         for item in items {
             let op = match item {
                 Item::Op(op) => op,
+                Item::Room(publish, done) => {
+                    let RoomPublish { room, ts, from, text, frame } = publish;
+                    let keys = [rseq_key(&room), room_key(&room)];
+                    Self::eval(&mut pipe, &shas, Script::Room, &keys)
+                        .arg(ts)
+                        .arg(from.as_deref().unwrap_or(""))
+                        .arg(text)
+                        .arg(self.config.room_history.max(1))
+                        .arg(frame)
+                        .arg(ROOM_CHANNEL);
+                    expect.push(Expect::Room { done });
+                    continue;
+                }
                 Item::Route(request, done) => {
                     let RouteRequest {
                         to,
@@ -693,10 +741,17 @@ impl Worker {
             Ok(values) => values,
             Err(error) => {
                 for expect in expect {
-                    if let Expect::Route { done, .. } = expect {
-                        guarded("a route completion", || done(RouteOutcome::Failed(error.clone())));
+                    match expect {
+                        Expect::Route { done, .. } => guarded("a route completion", || {
+                            done(RouteOutcome::Failed(error.clone()));
+                        }),
+                        Expect::Room { done } => {
+                            guarded("a room completion", || done(Err(error.clone())));
+                        }
+                        _ => {}
                     }
                 }
+
                 return false;
             }
         };
@@ -710,9 +765,13 @@ impl Worker {
                     self.session = None;
                 }
                 ok = false;
-                if let Expect::Route { done, .. } = expect {
-                    let why = format!("message store (Redis): {error:?}");
-                    guarded("a route completion", || done(RouteOutcome::Failed(why)));
+                let why = format!("message store (Redis): {error:?}");
+                match expect {
+                    Expect::Route { done, .. } => {
+                        guarded("a route completion", || done(RouteOutcome::Failed(why)));
+                    }
+                    Expect::Room { done } => guarded("a room completion", || done(Err(why))),
+                    _ => {}
                 }
                 continue;
             }
@@ -746,6 +805,10 @@ impl Worker {
                 Expect::Route { to, limits, done } => {
                     let outcome = route_outcome(&to, limits, value);
                     guarded("a route completion", || done(outcome));
+                }
+                Expect::Room { done } => {
+                    let rseq = int(&value).ok_or_else(|| "message store (Redis): bad rseq".into());
+                    guarded("a room completion", || done(rseq));
                 }
                 Expect::Plain => {}
             }
@@ -782,6 +845,13 @@ impl Worker {
             Read::Sweep => {}
             Read::Load { name, reply } => {
                 let _ = reply.send(self.load(&name));
+            }
+            Read::RoomPublish { publish, done, cost } => {
+                self.apply(vec![Item::Room(publish, done)], false);
+                self.shared.release(cost);
+            }
+            Read::Histories { reply } => {
+                let _ = reply.send(self.histories());
             }
             // Batched by `run`; one arriving here alone is a batch of one.
             Read::Route { request, done, cost } => {
@@ -821,6 +891,44 @@ impl Worker {
             oldest_ts: first.as_ref().map(|e| e.record.ts),
             first_seq: first.map(|e| e.seq),
         })
+    }
+
+    /// Every room's history: `SCAN` for the room streams, then the last
+    /// entries of each (at most [`MAX_HISTORY_SCAN`] rooms).
+    fn histories(&mut self) -> Result<Histories, String> {
+        let keep = self.config.room_history;
+        let mut rooms = Vec::new();
+        if keep == 0 {
+            return Ok(rooms);
+        }
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN").arg(cursor).arg("MATCH").arg("sb:room:*").arg("COUNT").arg(1000);
+            let value = self.query(&pipe)?.into_iter().next().unwrap_or(Value::Nil);
+            let mut parts = array(value).into_iter();
+            cursor = parts.next().as_ref().and_then(int).unwrap_or(0);
+            keys.extend(parts.next().map(array).unwrap_or_default().iter().filter_map(text));
+            if cursor == 0 || keys.len() >= MAX_HISTORY_SCAN {
+                break;
+            }
+        }
+        keys.truncate(MAX_HISTORY_SCAN);
+        for chunk in keys.chunks(100) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(keep);
+            }
+            let values = self.query(&pipe)?;
+            for (key, value) in chunk.iter().zip(values) {
+                let mut records: Vec<RoomRecord> =
+                    array(value).into_iter().filter_map(room_record).collect();
+                records.reverse();
+                rooms.push((key.trim_start_matches("sb:room:").to_owned(), records));
+            }
+        }
+        Ok(rooms)
     }
 
     fn load(&mut self, name: &str) -> Result<Loaded, String> {
@@ -924,6 +1032,25 @@ fn entry(value: Value) -> Option<Entry> {
         }
     }
     Some(Entry { seq, record: Record { kind: kind?, ts, from, text: body, payload } })
+}
+
+/// An `XRANGE` item of a room stream as a history record.
+fn room_record(value: Value) -> Option<RoomRecord> {
+    let mut parts = array(value).into_iter();
+    let id = text(&parts.next()?)?;
+    let rseq = id.split_once('-')?.0.parse().ok()?;
+    let fields = array(parts.next()?);
+    let mut record = RoomRecord { rseq, ts: 0, from: None, text: String::new() };
+    for pair in fields.chunks(2) {
+        let [key, value] = pair else { continue };
+        match text(key).as_deref() {
+            Some("ts") => record.ts = text(value).and_then(|t| t.parse().ok()).unwrap_or(0),
+            Some("f") => record.from = text(value),
+            Some("t") => record.text = text(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    Some(record)
 }
 
 fn array(value: Value) -> Vec<Value> {

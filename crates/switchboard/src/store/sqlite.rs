@@ -401,6 +401,15 @@ impl Worker {
             Read::Load { reply, .. } => {
                 let _ = reply.send(Err("the SQLite store does not share inboxes".to_owned()));
             }
+            Read::RoomPublish { done, cost, .. } => {
+                self.shared.release(cost);
+                guarded("a room completion", || {
+                    done(Err("the SQLite store does not share room history".to_owned()));
+                });
+            }
+            Read::Histories { reply } => {
+                let _ = reply.send(Err("the SQLite store does not share room history".to_owned()));
+            }
             Read::Route { done, cost, .. } => {
                 self.shared.release(cost);
                 guarded("a route completion", || {
