@@ -657,20 +657,15 @@ impl Hub {
         // claim fences them. The leave is announced after the release, so a
         // node that saw it can take the name at once.
         if let Some(store) = self.shared.store.get().filter(|store| store.shares_inboxes()) {
-            let hub = self.clone();
+            let (hub, then_name, then_left) = (self.clone(), name.clone(), left.clone());
             let release: crate::store::Completion = Box::new(move |_| {
-                hub.bus().release(&name);
-                hub.emit(left);
+                hub.bus().release(&then_name);
+                hub.emit(then_left);
             });
-            if let Err(error) = store.submit_then(crate::store::Op::Barrier, Some(release)) {
-                tracing::warn!(%error, "store closed: releasing the name without a flush");
-            } else {
-                return;
+            match store.submit_then(crate::store::Op::Barrier, Some(release)) {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(%error, "releasing the name without a store flush"),
             }
-            // `release` was dropped with the refused submission.
-            self.bus().release(client.name());
-            self.emit(EventKind::Left { name: client.name().clone(), code, reason: reason.text() });
-            return;
         }
         self.bus().release(&name);
         self.emit(left);

@@ -19,15 +19,20 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
             // `dst` exactly, as the registry is keyed by name.
             let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
             let msg = dm.msg.into_owned();
-            // Classic has no acks; a refusal known only later (cluster mode)
-            // still gets its notice.
-            let outbox = client.outbox().clone();
-            let late: OnCommit = Box::new(move |outcome| {
-                if let Err(error) = outcome {
-                    let _ = outbox.push(Outgoing::Text(classic_notice(&error)));
-                }
-            });
-            let meta = SendMeta { on_commit: Some(late), ..SendMeta::default() };
+            // Classic has no acks; a refusal known only later (cluster mode,
+            // shared inboxes) still gets its notice. Elsewhere every refusal
+            // is known at once: no closure on the hot path.
+            let meta = if hub.shares_inboxes() {
+                let outbox = client.outbox().clone();
+                let late: OnCommit = Box::new(move |outcome| {
+                    if let Err(error) = outcome {
+                        let _ = outbox.push(Outgoing::Text(classic_notice(&error)));
+                    }
+                });
+                SendMeta { on_commit: Some(late), ..SendMeta::default() }
+            } else {
+                SendMeta::default()
+            };
             let sent = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), meta);
             if let Err(error) = sent {
                 reply_text(client, classic_notice(&error));
