@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::process::ServerProcess;
 use common::redis::{nodes, Redis, TTL_SECS};
-use common::stream::{read_stream, read_stream_skipping, seq_of, stream_dms};
+use common::stream::{
+    join_since, read_stream, read_stream_skipping, rseq_of, seq_of, stream_dms, texts,
+};
 use common::*;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -331,28 +333,6 @@ async fn a_node_killed_mid_stream_loses_no_acked_message() {
     assert!(missing.is_empty(), "acked but never delivered: {missing:?}");
 }
 
-async fn join_since(client: &mut WsClient, room: &str, since: Value) -> Vec<Value> {
-    client.send_json(json!({"type": "join", "id": "j", "room": room, "since": since})).await;
-    let mut replayed = Vec::new();
-    loop {
-        let frame = client.recv_json().await;
-        if frame["type"] == "ack" {
-            assert_eq!(frame["id"], "j", "{frame}");
-            return replayed;
-        }
-        assert_eq!((&frame["type"], &frame["room"]), (&json!("room"), &json!(room)), "{frame}");
-        replayed.push(frame);
-    }
-}
-
-fn room_texts(deliveries: &[Value]) -> Vec<&str> {
-    deliveries.iter().map(|d| d["text"].as_str().unwrap_or("<none>")).collect()
-}
-
-fn rseq_of(delivery: &Value) -> u64 {
-    delivery["rseq"].as_u64().unwrap_or_else(|| panic!("no rseq: {delivery}"))
-}
-
 /// Room history lives in Redis: one `rseq` numbering for the room across
 /// nodes, every member sees the same order, and a client joining with
 /// `since` on any node — one started after the messages too — gets what it
@@ -390,13 +370,13 @@ async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
         }
         before.push(frame);
     }
-    assert_eq!(room_texts(&before), ["a0", "a1", "a2", "a3"]);
+    assert_eq!(texts(&before), ["a0", "a1", "a2", "a3"]);
     // Bob (node 2) sees alice's four then carol's, numbered 1..=5.
     let mut seen = Vec::new();
     for _ in 0..5 {
         seen.push(bob.recv_json().await);
     }
-    assert_eq!(room_texts(&seen), ["a0", "a1", "a2", "a3", "c0"]);
+    assert_eq!(texts(&seen), ["a0", "a1", "a2", "a3", "c0"]);
     assert_eq!(seen.iter().map(rseq_of).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     // Alice (node 1) gets carol's with the same rseq.
     let got = alice.recv_json().await;
@@ -405,7 +385,7 @@ async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
     // Dave joins on node 1 after rseq 2: replayed 3..=5, in order.
     let mut dave = v1(&nodes[0], "dave").await;
     let replayed = join_since(&mut dave, "r", json!({"rseq": 2})).await;
-    assert_eq!(room_texts(&replayed), ["a2", "a3", "c0"]);
+    assert_eq!(texts(&replayed), ["a2", "a3", "c0"]);
 
     // A node started afterwards reads the history from Redis.
     let late = TestServer::start_with(common::redis::node_config(&redis, "n3")).await;
@@ -424,6 +404,6 @@ async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(room_texts(&replayed), ["a0", "a1", "a2", "a3", "c0"]);
+    assert_eq!(texts(&replayed), ["a0", "a1", "a2", "a3", "c0"]);
     assert_eq!(replayed.iter().map(rseq_of).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
 }

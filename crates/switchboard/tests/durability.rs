@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::stream::{read_stream, seq_of, stream_dms};
+use common::stream::{join_since, read_stream, rseq_of, seq_of, stream_dms, texts};
 use common::*;
 use serde_json::{json, Value};
 use switchboard::config::Config;
@@ -414,31 +414,10 @@ async fn receipts_reach_the_sender_when_the_recipient_acknowledges() {
     assert_nothing_queued(&mut bob, "bob-done").await;
 }
 
-/// Sends a join with `since` and returns the room deliveries that came
-/// before its ack.
-async fn join_since(client: &mut WsClient, room: &str, since: Value) -> Vec<Value> {
-    client.send_json(json!({"type": "join", "id": "j", "room": room, "since": since})).await;
-    let mut replayed = Vec::new();
-    for _ in 0..1_000 {
-        let frame = client.recv_json().await;
-        if frame["type"] == "ack" {
-            assert_eq!(frame["id"], "j", "{frame}");
-            return replayed;
-        }
-        assert_eq!((&frame["type"], &frame["room"]), (&json!("room"), &json!(room)), "{frame}");
-        replayed.push(frame);
-    }
-    panic!("no ack for the join");
-}
-
-fn texts(deliveries: &[Value]) -> Vec<&str> {
-    deliveries.iter().map(|d| d["text"].as_str().unwrap_or("<none>")).collect()
-}
-
 fn assert_rseqs_increase(deliveries: &[Value], after: u64) {
     let mut last = after;
     for delivery in deliveries {
-        let rseq = delivery["rseq"].as_u64().unwrap_or_else(|| panic!("no rseq: {delivery}"));
+        let rseq = rseq_of(delivery);
         assert!(rseq > last, "rseq not increasing: {delivery} after {last}");
         last = rseq;
         seq_of(delivery);

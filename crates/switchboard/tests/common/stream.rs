@@ -138,3 +138,30 @@ pub async fn read_stream_skipping(
     }
     panic!("bob: too many frames");
 }
+
+/// Joins `room` with `since` and returns the replayed deliveries (those
+/// before the join's ack).
+pub async fn join_since(client: &mut WsClient, room: &str, since: Value) -> Vec<Value> {
+    client.send_json(json!({"type": "join", "id": "j", "room": room, "since": since})).await;
+    let mut replayed = Vec::new();
+    for _ in 0..1_000 {
+        let frame = client.recv_json().await;
+        if frame["type"] == "ack" {
+            assert_eq!(frame["id"], "j", "{frame}");
+            return replayed;
+        }
+        assert_eq!((&frame["type"], &frame["room"]), (&json!("room"), &json!(room)), "{frame}");
+        replayed.push(frame);
+    }
+    panic!("no ack for the join");
+}
+
+/// The texts of deliveries.
+pub fn texts(deliveries: &[Value]) -> Vec<&str> {
+    deliveries.iter().map(|d| d["text"].as_str().unwrap_or("<none>")).collect()
+}
+
+/// A room delivery's rseq.
+pub fn rseq_of(delivery: &Value) -> u64 {
+    delivery["rseq"].as_u64().unwrap_or_else(|| panic!("no rseq: {delivery}"))
+}
