@@ -588,7 +588,7 @@ impl Hub {
         if self.shares_inboxes() && self.inbox_of(to).is_none() {
             if let Some(answer) = answer {
                 answer(Err(RouteError::StoreUnavailable(format!(
-                    "{to} left this node while the message was in flight; retry"
+                    "{to} is moving between nodes of the cluster; retry"
                 ))));
             }
             return;
