@@ -13,7 +13,9 @@
 //! - [`cli`]: the `switchboard connect` terminal client.
 //! - [`cluster`]: cluster mode (issue 8), the bus between nodes over Redis.
 //! - [`store`]: the durable store (issue 7): inboxes and room history in
-//!   an embedded SQLite database, written by one group-commit thread.
+//!   an embedded SQLite database, written by one group-commit thread, or
+//!   in the cluster's Redis in cluster mode.
+//! - [`redis_keys`]: every Redis key and channel of the bus and the store.
 //! - wire shapes live in the `switchboard-protocol` crate; the async client
 //!   in `switchboard-client`.
 //!
@@ -29,5 +31,6 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod hub;
+pub mod redis_keys;
 pub mod server;
 pub mod store;

@@ -5,8 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::ServerProcess;
-use common::redis::{nodes, settle, Redis, TTL_SECS};
+use common::redis::{node_process, nodes, settle, Redis};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -221,27 +220,7 @@ async fn a_node_killed_with_sigkill_frees_its_names_and_its_clients_leave() {
     let nodes = nodes(&redis, 1).await;
     let survivor = &nodes[0];
     let mut events = survivor.hub.subscribe_events();
-    let ttl = TTL_SECS.to_string();
-    let url = redis.url();
-    let doomed = ServerProcess::start(&[
-        "--cluster",
-        &url,
-        "--cluster-ttl-secs",
-        &ttl,
-        "--cluster-node-id",
-        "doomed",
-    ])
-    .await;
-    // Ready once its bus is up: before, a handshake gets 503 (issue 7: a
-    // node must hold a name's claim to number its deliveries).
-    let ready = format!("http://{}/readyz", doomed.addr);
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http.get(&ready).send().await.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let doomed = node_process(&redis, "doomed").await;
     let mut watcher = v1(survivor, "watcher").await;
     let reply = ask(&mut watcher, json!({"type": "subscribe", "id": "s"})).await;
     assert_eq!(reply["type"], "members", "{reply}");

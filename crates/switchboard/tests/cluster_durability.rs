@@ -7,8 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::process::ServerProcess;
-use common::redis::{nodes, Redis, TTL_SECS};
+use common::redis::{node_process, nodes, Redis};
 use common::stream::{
     join_since, read_stream, read_stream_skipping, rseq_of, seq_of, stream_dms, texts,
 };
@@ -258,25 +257,7 @@ async fn a_node_killed_mid_stream_loses_no_acked_message() {
     const TOTAL: usize = 2_000;
     let redis = Redis::start().await;
     let nodes = nodes(&redis, 1).await;
-    let ttl = TTL_SECS.to_string();
-    let url = redis.url();
-    let doomed = ServerProcess::start(&[
-        "--cluster",
-        &url,
-        "--cluster-ttl-secs",
-        &ttl,
-        "--cluster-node-id",
-        "doomed",
-    ])
-    .await;
-    let ready = format!("http://{}/readyz", doomed.addr);
-    tokio::time::timeout(WAIT, async {
-        while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-    .expect("doomed node ready");
+    let doomed = node_process(&redis, "doomed").await;
     let (mut bob, _) = v1_url(&format!("{}&resume=0", doomed.ws_url("bob"))).await;
     let alice = v1(&nodes[0], "alice").await;
     common::redis::settle(&nodes, 2).await;

@@ -50,7 +50,7 @@ use crate::hub::{
     Accepted, Body, ClientInfo, EventKind, Hub, HubEvent, Message, OnCommit, RegisterError,
     RouteError,
 };
-use crate::store::ROOM_CHANNEL;
+use crate::redis_keys::{name_key, node_key, ALL, NAME_PREFIX, ROOM_CHANNEL};
 
 /// Commands queued for the bus task; more than this and sends are refused
 /// rather than buffered without bound.
@@ -82,16 +82,6 @@ const REFRESH: &str = "local taken = {} \
       else table.insert(taken, key) end \
     end \
     return taken";
-
-const ALL: &str = "sb:all";
-
-fn name_key(name: &str) -> String {
-    format!("sb:name:{name}")
-}
-
-fn node_key(node: &str) -> String {
-    format!("sb:node:{node}")
-}
 
 #[derive(Debug)]
 enum Command {
@@ -698,7 +688,7 @@ impl Task {
             cmd.arg(node).arg(ttl_ms);
             let taken: Vec<String> = cmd.query_async(conn).await?;
             for key in taken {
-                let name = key.trim_start_matches("sb:name:");
+                let name = key.trim_start_matches(NAME_PREFIX);
                 tracing::warn!(%name, "name is held by another node: disconnecting the local client");
                 self.hub.kick_from_cluster(
                     name,

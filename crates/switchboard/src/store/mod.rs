@@ -50,8 +50,6 @@ use tokio::sync::{oneshot, Notify};
 
 mod redis;
 mod sqlite;
-
-pub use self::redis::ROOM_CHANNEL;
 #[cfg(test)]
 mod tests;
 

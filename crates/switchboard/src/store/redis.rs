@@ -38,6 +38,10 @@ use bytes::Bytes;
 use redis::{Client, Connection, Value};
 
 use super::{Histories, RouteDone};
+use crate::redis_keys::{
+    bytes_key, inbox_key, name_key, room_key, rseq_key, sent_key, seq_key, NODE_PREFIX,
+    ROOM_CHANNEL, ROOM_PREFIX,
+};
 
 use super::sqlite::guarded;
 use super::{
@@ -179,9 +183,6 @@ redis.call('PUBLISH', ARGV[6], string.format('%d', rseq) .. '\n' .. ARGV[5])
 return rseq
 ";
 
-/// The channel room messages with history are published on (see `ROOM`).
-pub const ROOM_CHANNEL: &str = "sb:room";
-
 /// Empties an inbox: returns {entries, bytes}.
 const PURGE: &str = r"
 local depth = redis.call('XLEN', KEYS[1])
@@ -190,28 +191,6 @@ redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], 0)
 return {depth, bytes}
 ";
-
-fn seq_key(name: &str) -> String {
-    format!("sb:seq:{name}")
-}
-fn inbox_key(name: &str) -> String {
-    format!("sb:inbox:{name}")
-}
-fn bytes_key(name: &str) -> String {
-    format!("sb:ibytes:{name}")
-}
-fn sent_key(name: &str) -> String {
-    format!("sb:sent:{name}")
-}
-fn rseq_key(room: &str) -> String {
-    format!("sb:rseq:{room}")
-}
-fn room_key(room: &str) -> String {
-    format!("sb:room:{room}")
-}
-fn claim_key(name: &str) -> String {
-    format!("sb:name:{name}")
-}
 
 /// The scripts, loaded once per connection and called by SHA (`EVALSHA`),
 /// so a batch does not carry their source once per operation.
@@ -651,7 +630,7 @@ impl Worker {
                     let rcpt = receipt_field(&record, client_id.as_deref(), receipt);
                     let from = record.from.as_deref().unwrap_or("");
                     let keys = [
-                        claim_key(&to),
+                        name_key(&to),
                         seq_key(&to),
                         inbox_key(&to),
                         bytes_key(&to),
@@ -668,7 +647,7 @@ impl Worker {
                         .arg(window.max(1))
                         .arg(MAX_SENT_IDS)
                         .arg(forward)
-                        .arg("sb:node:")
+                        .arg(NODE_PREFIX)
                         .arg(max_messages)
                         .arg(max_bytes);
                     expect.push(Expect::Route { to, limits: (max_messages, max_bytes), done });
@@ -684,7 +663,7 @@ impl Worker {
                     let rcpt = receipt_field(&record, client_id.as_deref(), receipt);
                     let from = record.from.as_deref().unwrap_or("");
                     let keys =
-                        [claim_key(&name), inbox_key(&name), bytes_key(&name), sent_key(from)];
+                        [name_key(&name), inbox_key(&name), bytes_key(&name), sent_key(from)];
                     Self::eval(&mut pipe, &shas, Script::Append, &keys)
                         .arg(&self.options.node_id)
                         .arg(format!("{seq}-1"));
@@ -905,7 +884,12 @@ impl Worker {
         let mut keys = Vec::new();
         loop {
             let mut pipe = redis::pipe();
-            pipe.cmd("SCAN").arg(cursor).arg("MATCH").arg("sb:room:*").arg("COUNT").arg(1000);
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ROOM_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000);
             let value = self.query(&pipe)?.into_iter().next().unwrap_or(Value::Nil);
             let mut parts = array(value).into_iter();
             cursor = parts.next().as_ref().and_then(int).unwrap_or(0);
@@ -925,7 +909,7 @@ impl Worker {
                 let mut records: Vec<RoomRecord> =
                     array(value).into_iter().filter_map(room_record).collect();
                 records.reverse();
-                rooms.push((key.trim_start_matches("sb:room:").to_owned(), records));
+                rooms.push((key.trim_start_matches(ROOM_PREFIX).to_owned(), records));
             }
         }
         Ok(rooms)

@@ -7,7 +7,8 @@ use std::time::Duration;
 use switchboard::config::Config;
 use tokio::process::{Child, Command};
 
-use super::{eventually, test_config, TestServer};
+use super::process::ServerProcess;
+use super::{eventually, test_config, TestServer, WAIT};
 
 /// TTL used by the tests: a dead node's names are freed within ~2 s.
 pub const TTL_SECS: u64 = 2;
@@ -98,4 +99,30 @@ pub async fn settle(nodes: &[TestServer], count: usize) {
         })
         .await;
     }
+}
+
+/// A node run as the real binary (so a test can kill it with -9), with
+/// node id `id`, once its bus is up: before, a handshake gets 503 (issue 7:
+/// a node must hold a name's claim to number its deliveries).
+pub async fn node_process(redis: &Redis, id: &str) -> ServerProcess {
+    let ttl = TTL_SECS.to_string();
+    let url = redis.url();
+    let node = ServerProcess::start(&[
+        "--cluster",
+        &url,
+        "--cluster-ttl-secs",
+        &ttl,
+        "--cluster-node-id",
+        id,
+    ])
+    .await;
+    let ready = format!("http://{}/readyz", node.addr);
+    tokio::time::timeout(WAIT, async {
+        while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .expect("node process ready");
+    node
 }
