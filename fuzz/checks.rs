@@ -1,6 +1,6 @@
 //! What each fuzz target checks, in one place: compiled into the libFuzzer
 //! targets (`fuzz/fuzz_targets/*.rs`, nightly) and into the stable replay
-//! test `crates/switchboard/tests/fuzz_regressions.rs`, which runs every file
+//! test `crates/switchboard/tests/it/fuzz_regressions.rs`, which runs every file
 //! of `fuzz/corpus/TARGET/` and `fuzz/regressions/TARGET/` through them.
 //!
 //! Beyond "never panics" (the protocol crate's invariant), each check asserts

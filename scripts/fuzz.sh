@@ -15,7 +15,7 @@
 # it with `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`,
 # shrink it with `cargo +nightly fuzz tmin TARGET ...`, fix the parser, and
 # copy it to fuzz/regressions/TARGET/: the stable test
-# crates/switchboard/tests/fuzz_regressions.rs then replays it on every run.
+# crates/switchboard/tests/it/fuzz_regressions.rs then replays it on every run.
 #
 # Needs the nightly toolchain (installed here with rustup if missing) and
 # cargo-fuzz (installed with cargo if missing). Exits non-zero if any target

@@ -2,7 +2,7 @@
 //! 127.0.0.1:0: the `resume` parameter, cumulative acks, dropping repeated
 //! deliveries, re-joining rooms from their last `rseq`, and re-sending
 //! unanswered messages with their ids. The real hub is exercised by the
-//! integration tests in `crates/switchboard/tests/client_resume.rs`.
+//! integration tests in `crates/switchboard/tests/it/client_resume.rs`.
 
 use std::time::Duration;
 

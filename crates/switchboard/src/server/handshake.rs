@@ -123,7 +123,7 @@ fn requested_name<B>(request: &Request<B>) -> Option<String> {
     // HeaderValue::to_str only accepts ASCII, so decode the raw bytes: as
     // UTF-8 when valid (most clients), else as Latin-1, which is how Qt 5's
     // QWebSocket writes its handshake ("José" arrives as 4 bytes; characters
-    // beyond Latin-1 arrive as '?', see tests/qt_interop.rs).
+    // beyond Latin-1 arrive as '?', see tests/it/qt_interop.rs).
     let origin = match std::str::from_utf8(origin.as_bytes()) {
         Ok(utf8) => utf8.to_owned(),
         Err(_) => origin.as_bytes().iter().map(|&b| char::from(b)).collect(),

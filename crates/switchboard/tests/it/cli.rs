@@ -2,10 +2,8 @@
 //! DMs with v1 and classic clients, rooms, `/who`, `/send-file`, `--json`,
 //! end of input, and connection errors.
 
-mod common;
-
-use common::cli::{Cli, MAX_LINES};
-use common::{classic, v1, TestServer, WAIT};
+use crate::common::cli::{Cli, MAX_LINES};
+use crate::common::{classic, v1, TestServer, WAIT};
 use switchboard_client::{Client, Event, Events};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -91,7 +89,7 @@ async fn rooms_and_who() {
     assert_eq!(bob.recv_json().await["type"], "ack");
 
     cli.send("/join lobby").await;
-    common::eventually("alice in lobby", || {
+    crate::common::eventually("alice in lobby", || {
         server.hub.room("lobby").is_some_and(|room| room.members.len() == 2)
     })
     .await;

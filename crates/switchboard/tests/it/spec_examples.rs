@@ -2,11 +2,9 @@
 //! protocol crate, and a scripted session through the real server produces
 //! frames with exactly the fields of the examples of their type.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard_protocol::v1::{self, ErrorCode, Incoming};
@@ -15,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-const SPEC: &str = include_str!("../../../docs/protocol.md");
+const SPEC: &str = include_str!("../../../../docs/protocol.md");
 
 /// One fenced block of the spec: its info string, first line number and body.
 #[derive(Debug)]

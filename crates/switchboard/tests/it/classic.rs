@@ -1,8 +1,6 @@
 //! Classic mode end to end: the tutorial's protocol through the real server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

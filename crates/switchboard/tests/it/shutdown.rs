@@ -1,9 +1,7 @@
 //! Graceful shutdown: queued messages are flushed, then every client gets 1001.
 
-mod common;
-
-use common::process::ServerProcess;
-use common::*;
+use crate::common::process::ServerProcess;
+use crate::common::*;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 

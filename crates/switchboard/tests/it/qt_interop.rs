@@ -1,6 +1,6 @@
 //! Wire compatibility with the tutorial's own library, QtWebSockets.
 //!
-//! `tests/qt/qt_client.cpp` is the tutorial's client window as a console
+//! `tests/it/qt/qt_client.cpp` is the tutorial's client window as a console
 //! program: `QWebSocket(NAME, VersionLatest)` (the name travels as the
 //! Origin header), private messages as compact JSON `{src,dst,msg}`, and one
 //! printed line per received message. These tests build it with qmake + make
@@ -13,13 +13,11 @@
 //! percent-encodes it as UTF-8) and keep the name as origin, as the tutorial
 //! does; Latin-1 names ("José") work from the Origin alone.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use switchboard::hub::{EventKind, HubEvent, Protocol};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -34,11 +32,11 @@ const INSTALL_HINT: &str =
 /// How long building the Qt client may take (one C++ file, on 2 cores).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Builds `tests/qt/qt_client` under the cargo target dir, once: make only
+/// Builds `tests/it/qt/qt_client` under the cargo target dir, once: make only
 /// recompiles when the source is newer than the binary, and `flock` keeps
 /// concurrently running tests from building over each other.
 async fn qt_client_binary() -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qt");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/qt");
     let pro = source.join("qt_client.pro");
     let build = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qt_client");
     std::fs::create_dir_all(&build).expect("create the Qt build directory");

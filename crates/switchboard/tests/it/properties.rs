@@ -6,12 +6,10 @@
 //! Each test runs one server and a bounded number of cases, each case on a
 //! fresh connection, so a run takes seconds.
 
-mod common;
-
 use std::cell::Cell;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};

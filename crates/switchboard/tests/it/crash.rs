@@ -4,15 +4,13 @@
 //! once and in order, and that retries are deduplicated; and that an
 //! operator message the API answered 200 survives a kill -9 right after.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::ServerProcess;
-use common::*;
+use crate::common::process::ServerProcess;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;

@@ -3,13 +3,11 @@
 //! retried sends, retention limits, receipts, room history, the inbox API
 //! and `--ephemeral`. The kill -9 test is in `crash.rs`.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::stream::{join_since, read_stream, rseq_of, seq_of, stream_dms, texts};
-use common::*;
+use crate::common::stream::{join_since, read_stream, rseq_of, seq_of, stream_dms, texts};
+use crate::common::*;
 use serde_json::{json, Value};
 use switchboard::config::Config;
 use tokio::sync::oneshot;

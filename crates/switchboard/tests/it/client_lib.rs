@@ -2,14 +2,12 @@
 //! rooms, presence, binary, errors, the bounded send queue, and reconnection
 //! after a server restart.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{test_config, TestServer, WAIT};
+use crate::common::{test_config, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::hub::Hub;
 use switchboard_client::{
@@ -365,7 +363,7 @@ async fn reconnects_after_a_server_restart_and_rejoins_rooms() {
     assert_eq!(again, addr);
     expect(&mut events, "reconnected", |e| matches!(e, Event::Connected(_))).await;
     assert_eq!(alice.state(), State::Connected);
-    common::eventually("alice back in quotes", || {
+    crate::common::eventually("alice back in quotes", || {
         second
             .hub
             .room("quotes")
@@ -526,7 +524,7 @@ async fn keepalive_notices_a_silent_connection_and_reconnects() {
         "{event:?}"
     );
     expect(&mut events, "reconnected", |e| matches!(e, Event::Connected(_))).await;
-    common::eventually("alice back in r", || {
+    crate::common::eventually("alice back in r", || {
         server.hub.room("r").is_some_and(|room| room.members.iter().any(|m| m.as_str() == "alice"))
     })
     .await;

@@ -4,7 +4,7 @@
 //! targets (`fuzz/checks.rs`), so a fixed crash stays fixed without nightly.
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../../../fuzz/checks.rs"]
+#[path = "../../../../fuzz/checks.rs"]
 mod checks;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,10 +1,8 @@
 //! The operator API: the tutorial's server window over HTTP.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use switchboard::config::Config;

@@ -1,12 +1,10 @@
 //! Cluster mode (issue 8): several nodes on loopback as one hub over a real
 //! `redis-server` that each test starts on its own port.
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis::{node_process, nodes, settle, Redis};
-use common::*;
+use crate::common::redis::{node_process, nodes, settle, Redis};
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::hub::EventKind;

@@ -3,16 +3,14 @@
 //! to offline names and to the claim holder, limits, acks with receipts, and
 //! reconnection after Redis restarts.
 
-mod common;
-
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::redis::Redis;
-use common::WAIT;
+use crate::common::redis::Redis;
+use crate::common::WAIT;
 use futures_util::StreamExt;
 use switchboard::store::{
     Entry, InboxStats, Op, Receipt, Record, RecordKind, RedisStoreOptions, RouteOutcome,

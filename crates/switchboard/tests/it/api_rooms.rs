@@ -2,9 +2,7 @@
 //! `GET /api/rooms`, `GET /api/rooms/{room}`, `POST /api/rooms/{room}/messages`,
 //! `GET /api/clients/{name}`, and disconnecting a client with a reason.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use switchboard::hub::EventKind;

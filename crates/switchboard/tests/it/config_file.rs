@@ -1,10 +1,8 @@
 //! `serve --config FILE`: the file sets the same options as the flags, flags
 //! win, and a bad file stops the binary with a one-line reason.
 
-mod common;
-
-use common::process::ServerProcess;
-use common::TestServer;
+use crate::common::process::ServerProcess;
+use crate::common::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,7 +21,7 @@ async fn options_from_the_config_file_are_applied() {
         tokio_tungstenite::connect_async(server.ws_url("alice")).await.expect("connect");
     client.send(Message::text("x".repeat(200))).await.expect("send");
     let close = loop {
-        match tokio::time::timeout(common::WAIT, client.next()).await.expect("close in time") {
+        match tokio::time::timeout(crate::common::WAIT, client.next()).await.expect("close in time") {
             Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             other => panic!("no close frame: {other:?}"),
@@ -91,7 +89,7 @@ async fn durability_options_are_checked_at_start() {
 
 #[tokio::test]
 async fn ephemeral_from_the_config_file_writes_nothing() {
-    let dir = common::temp_data_dir();
+    let dir = crate::common::temp_data_dir();
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("ephemeral.toml");
     let data = dir.join("data");
@@ -107,7 +105,7 @@ async fn ephemeral_from_the_config_file_writes_nothing() {
     assert!(config.ephemeral && config.store_config().is_none());
     assert_eq!(config.hub_limits().room_history, 5);
     let server = TestServer::start_with(config).await;
-    let mut alice = common::classic(&server, "alice").await;
+    let mut alice = crate::common::classic(&server, "alice").await;
     alice.socket.close(None).await.expect("close");
     server.stop().await;
     assert!(!data.exists(), "an ephemeral hub creates no data directory");

@@ -6,15 +6,13 @@
 //! others are served; bad certificate settings stop the server with a reason.
 //! Also the echo endpoint behind `--echo-path`, over ws and wss.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use common::cli::Cli;
-use common::process::ServerProcess;
-use common::{test_config, TestServer, WsClient, WAIT};
+use crate::common::cli::Cli;
+use crate::common::process::ServerProcess;
+use crate::common::{test_config, TestServer, WsClient, WAIT};
 use futures_util::{SinkExt as _, StreamExt as _};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
@@ -365,7 +363,7 @@ async fn plain_clients_and_stalled_handshakes_fail_cleanly_without_affecting_oth
     assert!(answer.contains("use https:// or wss://"), "{answer}");
 
     // A plain ws:// handshake fails with the same refusal.
-    let (status, body) = common::refused(&format!("ws://{}/?name=eve", server.addr), None).await;
+    let (status, body) = crate::common::refused(&format!("ws://{}/?name=eve", server.addr), None).await;
     assert_eq!(status, 400, "{body}");
 
     // Garbage after a TLS-looking first byte: the handshake fails and the connection closes.
@@ -456,7 +454,7 @@ where
 async fn the_echo_endpoint_echoes_over_ws_and_wss_only_when_enabled() {
     // Off by default: the path is not special.
     let server = TestServer::start().await;
-    let (status, _) = common::refused(&format!("ws://{}/echo", server.addr), None).await;
+    let (status, _) = crate::common::refused(&format!("ws://{}/echo", server.addr), None).await;
     assert_eq!(status, 404);
     server.stop().await;
 
@@ -472,7 +470,7 @@ async fn the_echo_endpoint_echoes_over_ws_and_wss_only_when_enabled() {
     assert_eq!(http.status(), 400);
     let health = reqwest::get(server.http("/healthz")).await.expect("GET /healthz");
     assert_eq!(health.status(), 200);
-    let mut hub_client = common::v1(&server, "alice").await;
+    let mut hub_client = crate::common::v1(&server, "alice").await;
     hub_client.send_json(json!({"type": "dm", "to": "alice", "text": "hub"})).await;
     assert_eq!(hub_client.recv_json().await["text"], "hub");
     server.stop().await;

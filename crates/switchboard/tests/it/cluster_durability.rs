@@ -2,16 +2,14 @@
 //! client's stored messages follow it to whichever node it connects to,
 //! and a resume on another node has no gap and no duplicate.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::redis::{node_process, nodes, Redis};
-use common::stream::{
+use crate::common::redis::{node_process, nodes, Redis};
+use crate::common::stream::{
     join_since, read_stream, read_stream_skipping, rseq_of, seq_of, stream_dms, texts,
 };
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -164,7 +162,7 @@ async fn resume_on_another_node_mid_stream_has_no_gap_and_no_duplicate() {
     // Bob reads on node 2 in client-ack mode; alice streams from node 1.
     let (mut bob, _) = v1_url(&resume_url(&nodes[1], "bob", 0)).await;
     let alice = v1(&nodes[0], "alice").await;
-    common::redis::settle(&nodes, 2).await;
+    crate::common::redis::settle(&nodes, 2).await;
     let (open_gate, gate) = oneshot::channel();
     let sender = stream_dms(alice, "bob", TOTAL, PAUSE_AT, gate);
 
@@ -233,7 +231,7 @@ async fn receipts_cross_nodes_when_the_recipient_acknowledges() {
     let nodes = nodes(&redis, 2).await;
     let (mut bob, _) = v1_url(&resume_url(&nodes[1], "bob", 0)).await;
     let mut alice = v1(&nodes[0], "alice").await;
-    common::redis::settle(&nodes, 2).await;
+    crate::common::redis::settle(&nodes, 2).await;
     let request =
         json!({"type": "dm", "id": "r1", "to": "bob", "text": "tell me", "receipt": true});
     let ack = ask(&mut alice, request).await;
@@ -260,7 +258,7 @@ async fn a_node_killed_mid_stream_loses_no_acked_message() {
     let doomed = node_process(&redis, "doomed").await;
     let (mut bob, _) = v1_url(&format!("{}&resume=0", doomed.ws_url("bob"))).await;
     let alice = v1(&nodes[0], "alice").await;
-    common::redis::settle(&nodes, 2).await;
+    crate::common::redis::settle(&nodes, 2).await;
     let (open_gate, gate) = oneshot::channel();
     let sender = stream_dms(alice, "bob", TOTAL, TOTAL / 2, gate);
     let (mut next_text, mut last_seq) = (0, 0);
@@ -328,7 +326,7 @@ async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
     for client in [&mut alice, &mut bob, &mut carol] {
         assert!(join_since(client, "r", json!({"rseq": 0})).await.is_empty());
     }
-    common::redis::settle(&nodes, 3).await;
+    crate::common::redis::settle(&nodes, 3).await;
     for i in 0..4 {
         let ack = ask(
             &mut alice,
@@ -369,7 +367,7 @@ async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
     assert_eq!(texts(&replayed), ["a2", "a3", "c0"]);
 
     // A node started afterwards reads the history from Redis.
-    let late = TestServer::start_with(common::redis::node_config(&redis, "n3")).await;
+    let late = TestServer::start_with(crate::common::redis::node_config(&redis, "n3")).await;
     let hub = late.hub.clone();
     eventually("late node connected", || hub.bus().is_clustered() && hub.bus().healthy()).await;
     let mut eve = v1(&late, "eve").await;

@@ -2,12 +2,10 @@
 //! reachable error code, sequence numbers, presence, binary frames and
 //! interop with classic clients, as docs/protocol.md specifies them.
 
-mod common;
-
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::config::Config;
@@ -275,7 +273,7 @@ async fn unknown_types_get_unknown_type_and_the_connection_stays_open() {
 async fn recipient_offline_for_dm_and_binary() {
     // Ephemeral: nothing is stored, so an offline name is refused (issue 7
     // keeps this behaviour behind --ephemeral; durable mode says
-    // unknown_recipient for a never-seen name, see tests/durability.rs).
+    // unknown_recipient for a never-seen name, see tests/it/durability.rs).
     let server = TestServer::start_with(config(|c| c.ephemeral = true)).await;
     let mut alice = v1(&server, "alice").await;
     let reply =

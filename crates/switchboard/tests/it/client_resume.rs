@@ -7,15 +7,13 @@
 //! than by an operator kick: a kicked client (close 4000) does not
 //! reconnect, by design.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{test_config, TestServer, WAIT};
+use crate::common::{test_config, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard_client::{
     AckStatus, Client, ClientBuilder, Event, Events, ReconnectPolicy, Since, State,
@@ -313,7 +311,7 @@ async fn receipts_name_the_message_once_the_recipient_acknowledged_it() {
     // Bob leaves; the next one is stored and its receipt comes when he is back.
     bob.close().await;
     drop(bob_events);
-    common::eventually("bob offline", || server.hub.client("bob").is_none()).await;
+    crate::common::eventually("bob offline", || server.hub.client("bob").is_none()).await;
     let id = alice.send_direct_with_receipt("bob", "stored one").expect("send");
     let event = expect(&mut alice_events, "ack", |e| e.request_id() == Some(id.as_str())).await;
     assert!(matches!(event, Event::Ack { status: Some(AckStatus::Stored), .. }), "{event:?}");
@@ -431,7 +429,7 @@ async fn a_closed_client_is_not_sent_again_what_it_acknowledged() {
         expect(&mut bob_events, "dm", |e| matches!(e, Event::Direct { .. })).await;
     }
     bob.close().await;
-    common::eventually("bob offline", || server.hub.client("bob").is_none()).await;
+    crate::common::eventually("bob offline", || server.hub.client("bob").is_none()).await;
     let id = alice.send_direct("bob", "while away").expect("send");
     let event = expect(&mut alice_events, "ack", |e| e.request_id() == Some(id.as_str())).await;
     assert!(matches!(event, Event::Ack { status: Some(AckStatus::Stored), .. }), "{event:?}");
@@ -474,7 +472,7 @@ async fn an_ephemeral_hub_numbers_a_resumed_session_above_its_resume_point() {
     let before = bob.last_seq();
     relay.cut();
     expect(&mut bob_events, "reconnected", |e| matches!(e, Event::Connected(_))).await;
-    common::eventually("bob back", || server.hub.client("bob").is_some()).await;
+    crate::common::eventually("bob back", || server.hub.client("bob").is_some()).await;
     for i in 5..10 {
         let id = alice.send_direct("bob", &format!("e{i}")).expect("send");
         let event = expect(&mut alice_events, "ack", |e| e.request_id() == Some(id.as_str())).await;

@@ -5,12 +5,10 @@
 //! operator API open to the network. After each refusal, the server still
 //! serves other clients.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -715,7 +713,7 @@ async fn listening_beyond_loopback_without_an_admin_token_is_refused() {
 #[tokio::test]
 async fn the_binary_takes_the_access_flags() {
     let server =
-        common::process::ServerProcess::start(&["--max-clients", "1", "--idle-timeout-secs", "30"])
+        crate::common::process::ServerProcess::start(&["--max-clients", "1", "--idle-timeout-secs", "30"])
             .await;
     let (_first, _) =
         tokio_tungstenite::connect_async(server.ws_url("first")).await.expect("first");

@@ -1,5 +1,5 @@
 // The Qt tutorial's client window (qt-websocket-tutorial.txt, "Client" section),
-// as a console program for the interop test (tests/qt_interop.rs).
+// as a console program for the interop test (tests/it/qt_interop.rs).
 //
 // Usage: qt_client URL NAME
 //

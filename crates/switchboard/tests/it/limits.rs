@@ -1,12 +1,10 @@
 //! Limits and bad input: each refusal comes with a close code or an HTTP
 //! status and a reason, and everyone else keeps being served.
 
-mod common;
-
 use std::time::Duration;
 
-use common::process::ServerProcess;
-use common::*;
+use crate::common::process::ServerProcess;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::json;
 use switchboard::config::Config;
