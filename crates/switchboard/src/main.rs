@@ -223,11 +223,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime: multi-threaded, or current-thread when the process may
+/// run on one core only (`taskset`, a one-CPU container). With one worker,
+/// work stealing buys nothing and costs atomics and cross-thread wakeups:
+/// measured 4% less CPU per DM and a lower rtt p99 under load
+/// (docs/performance.md). Store and Redis threads are separate either way.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().context("cannot start the async runtime")
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

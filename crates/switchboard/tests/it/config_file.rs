@@ -21,7 +21,8 @@ async fn options_from_the_config_file_are_applied() {
         tokio_tungstenite::connect_async(server.ws_url("alice")).await.expect("connect");
     client.send(Message::text("x".repeat(200))).await.expect("send");
     let close = loop {
-        match tokio::time::timeout(crate::common::WAIT, client.next()).await.expect("close in time") {
+        match tokio::time::timeout(crate::common::WAIT, client.next()).await.expect("close in time")
+        {
             Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             other => panic!("no close frame: {other:?}"),

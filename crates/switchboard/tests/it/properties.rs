@@ -8,8 +8,8 @@
 
 use std::cell::Cell;
 
-use bytes::Bytes;
 use crate::common::*;
+use bytes::Bytes;
 use futures_util::SinkExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};

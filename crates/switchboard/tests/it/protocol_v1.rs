@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use crate::common::*;
+use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::config::Config;

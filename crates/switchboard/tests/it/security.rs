@@ -712,9 +712,13 @@ async fn listening_beyond_loopback_without_an_admin_token_is_refused() {
 
 #[tokio::test]
 async fn the_binary_takes_the_access_flags() {
-    let server =
-        crate::common::process::ServerProcess::start(&["--max-clients", "1", "--idle-timeout-secs", "30"])
-            .await;
+    let server = crate::common::process::ServerProcess::start(&[
+        "--max-clients",
+        "1",
+        "--idle-timeout-secs",
+        "30",
+    ])
+    .await;
     let (_first, _) =
         tokio_tungstenite::connect_async(server.ws_url("first")).await.expect("first");
     let (status, body) = refused(&server.ws_url("second"), None).await;

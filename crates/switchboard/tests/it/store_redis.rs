@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use crate::common::redis::Redis;
 use crate::common::WAIT;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use switchboard::store::{
     Entry, InboxStats, Op, Receipt, Record, RecordKind, RedisStoreOptions, RouteOutcome,

@@ -363,7 +363,8 @@ async fn plain_clients_and_stalled_handshakes_fail_cleanly_without_affecting_oth
     assert!(answer.contains("use https:// or wss://"), "{answer}");
 
     // A plain ws:// handshake fails with the same refusal.
-    let (status, body) = crate::common::refused(&format!("ws://{}/?name=eve", server.addr), None).await;
+    let (status, body) =
+        crate::common::refused(&format!("ws://{}/?name=eve", server.addr), None).await;
     assert_eq!(status, 400, "{body}");
 
     // Garbage after a TLS-looking first byte: the handshake fails and the connection closes.
