@@ -23,13 +23,17 @@ use hyper_util::rt::TokioIo;
 use switchboard_protocol::v1::{Limits, Reply, PROTOCOL_VERSION};
 use switchboard_protocol::{NameError, SUBPROTOCOL_V1};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::auth::{AuthError, CapError};
+use super::auth::{Admission, AuthError, CapError};
+use super::read_ahead::ReadAhead;
 use super::session::{self, SessionSettings};
 use super::Context;
-use crate::hub::{Client, CloseReason, EventKind, Outgoing, Protocol, RegisterError};
+use crate::hub::{
+    Client, CloseReason, EventKind, OutboxReceiver, Outgoing, Protocol, RegisterError, Registration,
+};
 
 /// Why a handshake was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -250,26 +254,25 @@ async fn accept<B>(
             .then(|| Duration::from_secs(ctx.config.idle_timeout_secs)),
     };
 
-    let max_message_bytes = ctx.config.max_message_bytes;
-    let settings = SessionSettings::from_config(&ctx.config);
-    let shutdown = ctx.shutdown.clone();
+    // Everything the session task needs once the upgrade completes, in one
+    // box: the task's future keeps its captures for its whole life, so
+    // capturing them one by one would keep a dead copy of each beside the
+    // running session (issue 6, idle memory).
+    let start = Box::new(SessionStart {
+        registration,
+        outbox,
+        settings: SessionSettings::from_config(&ctx.config),
+        shutdown: ctx.shutdown.clone(),
+        watch,
+        admission,
+        max_message_bytes: ctx.config.max_message_bytes,
+    });
     ctx.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = server_socket(upgraded, max_message_bytes).await;
-                let run = session::run(socket, registration, outbox, settings, shutdown);
-                tokio::pin!(run);
-                // The watchdog only asks the session to close; the session
-                // then runs on to send the close frame and clean up.
-                tokio::select! {
-                    () = &mut run => {}
-                    () = watch.run() => run.await,
-                }
-                drop(admission);
-            }
+            Ok(upgraded) => start.run(upgraded).await,
             Err(error) => {
                 tracing::warn!(%error, "upgrade failed after handshake");
-                drop(registration);
+                drop(start);
             }
         }
     });
@@ -323,13 +326,61 @@ pub(crate) fn switching_protocols(key: &[u8], subprotocol: Option<&'static str>)
 pub(crate) async fn server_socket(
     upgraded: hyper::upgrade::Upgraded,
     max_message_bytes: usize,
-) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+) -> WebSocketStream<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>> {
     WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
+        ReadAhead::new(TokioIo::new(upgraded)),
         Role::Server,
         Some(websocket_config(max_message_bytes)),
     )
     .await
+}
+
+/// tungstenite's read buffer per connection: a few small frames. Bigger
+/// frames grow it as needed.
+const READ_BUFFER_BYTES: usize = 512;
+
+/// A session accepted by the handshake, waiting for hyper to hand over the
+/// upgraded connection.
+struct SessionStart {
+    registration: Registration,
+    outbox: OutboxReceiver,
+    settings: SessionSettings,
+    shutdown: CancellationToken,
+    watch: Watch,
+    /// Holds the client's place under the connection caps until the end.
+    admission: Admission,
+    max_message_bytes: usize,
+}
+
+impl SessionStart {
+    async fn run(self: Box<Self>, upgraded: hyper::upgrade::Upgraded) {
+        let SessionStart {
+            registration,
+            outbox,
+            settings,
+            shutdown,
+            watch,
+            admission,
+            max_message_bytes,
+        } = *self;
+        let socket = server_socket(upgraded, max_message_bytes).await;
+        let mut run =
+            std::pin::pin!(session::run(socket, registration, outbox, settings, shutdown));
+        // The watchdog only asks the session to close; the session then
+        // runs on to send the close frame and clean up. Most sessions have
+        // nothing to watch and carry no watchdog state at all.
+        match watch.needed() {
+            Some(watch) => {
+                let mut watch = Box::pin(watch.run());
+                tokio::select! {
+                    () = &mut run => {}
+                    () = &mut watch => run.await,
+                }
+            }
+            None => run.await,
+        }
+        drop(admission);
+    }
 }
 
 /// Ends a session when its token expires (4002) or it idles too long (4003).
@@ -340,6 +391,11 @@ struct Watch {
 }
 
 impl Watch {
+    /// The watch, if there is anything to watch.
+    fn needed(self) -> Option<Watch> {
+        (self.ends_at.is_some() || self.idle.is_some()).then_some(self)
+    }
+
     /// Returns after asking the session to close; pending forever when there
     /// is nothing to watch. Idleness is sampled every quarter of the
     /// timeout, so a silent client is closed between 1 and 1.25 timeouts
@@ -382,10 +438,12 @@ impl Watch {
 }
 
 /// tungstenite settings: the size limit, and small buffers so an idle
-/// connection costs little (the default read buffer is 128 KiB).
+/// connection costs little (the default read buffer is 128 KiB). The read
+/// buffer is kept for the connection's life; [`ReadAhead`] underneath makes
+/// each syscall read far more than this.
 pub(crate) fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(1 << 20))
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))

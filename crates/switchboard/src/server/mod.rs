@@ -17,6 +17,7 @@ mod echo;
 mod handshake;
 mod listener;
 mod metrics;
+mod read_ahead;
 mod session;
 pub mod tls;
 mod web;

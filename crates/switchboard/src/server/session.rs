@@ -14,6 +14,7 @@
 //! writer is the only one that sends the close frame. On shutdown the writer
 //! flushes what is queued (bounded by the drain timeout) and closes with 1001.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::close;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -114,14 +116,20 @@ impl Activity {
     }
 }
 
-/// Runs a session to its end, then unregisters the client.
-pub(crate) async fn run<S>(
+/// Starts a session: spawns its writer now and returns the reader, which
+/// runs the session to its end and then unregisters the client.
+///
+/// A plain function rather than an `async fn`: an async fn's future keeps
+/// its arguments (the unsplit socket among them) for its whole life, and
+/// this future lives as long as the connection (issue 6, idle memory).
+pub(crate) fn run<S>(
     socket: WebSocketStream<S>,
     mut registration: Registration,
     outbox: OutboxReceiver,
     settings: SessionSettings,
     shutdown: CancellationToken,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = registration.client().clone();
@@ -137,18 +145,21 @@ pub(crate) async fn run<S>(
         activity.clone(),
         shutdown.clone(),
     ));
-    let reason =
-        read_loop(stream, &mut registration, &hub, &client, &settings, &activity, &shutdown).await;
-    client.outbox().closer().close(reason);
-    let reason = client
-        .outbox()
-        .closer()
-        .reason()
-        .cloned()
-        .unwrap_or(CloseReason::Dropped("unknown".into()));
-    metrics::global().disconnected(&reason);
-    registration.leave(&reason);
-    let _ = writer.await;
+    async move {
+        let reason =
+            read_loop(stream, &mut registration, &hub, &client, &settings, &activity, &shutdown)
+                .await;
+        client.outbox().closer().close(reason);
+        let reason = client
+            .outbox()
+            .closer()
+            .reason()
+            .cloned()
+            .unwrap_or(CloseReason::Dropped("unknown".into()));
+        metrics::global().disconnected(&reason);
+        registration.leave(&reason);
+        let _ = writer.await;
+    }
 }
 
 async fn read_loop<S>(
@@ -173,9 +184,12 @@ where
     let mut bytes = TokenBucket::new(settings.rate_bytes_per_sec as f64, burst_bytes, now);
     let rate_limited = settings.rate_messages_per_sec > 0 || settings.rate_bytes_per_sec > 0;
     let mut strikes = 0u32;
-    let mut linger_until: Option<tokio::time::Instant> = None;
+    // Set once the session is closing: how long to wait for the peer's
+    // close frame. Boxed, like the other cold-path futures here, so that the
+    // session's task stays small while it is idle (issue 6).
+    let mut linger: Option<Pin<Box<Sleep>>> = None;
     // Created once, not per frame; each is polled only until it fires (the
-    // branch is disabled once `linger_until` is set).
+    // branch is disabled once `linger` is set).
     let mut closed = std::pin::pin!(closer.closed());
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
     let mut since_yield = 0usize;
@@ -197,25 +211,25 @@ where
         // back on the sender) instead of queueing without bound.
         if let Some(store) = hub.store().filter(|store| store.congested()) {
             tokio::select! {
-                () = store.uncongested() => {}
-                () = closed.as_mut(), if linger_until.is_none() => {}
+                () = Box::pin(store.uncongested()) => {}
+                () = closed.as_mut(), if linger.is_none() => {}
             }
         }
         let frame = tokio::select! {
             biased;
-            () = closed.as_mut(), if linger_until.is_none() => {
+            () = closed.as_mut(), if linger.is_none() => {
                 // Free the name and stop routing to this client now; the
                 // close handshake below only concerns the socket.
                 leave_now(registration);
-                linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
+                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
                 continue;
             }
-            () = cancelled.as_mut(), if linger_until.is_none() => {
+            () = cancelled.as_mut(), if linger.is_none() => {
                 // The writer drains and sends 1001; keep reading for the reply.
-                linger_until = Some(tokio::time::Instant::now() + settings.drain_timeout + CLOSE_LINGER);
+                linger = Some(Box::pin(tokio::time::sleep(settings.drain_timeout + CLOSE_LINGER)));
                 continue;
             }
-            () = sleep_until(linger_until), if linger_until.is_some() => {
+            () = lingered(&mut linger), if linger.is_some() => {
                 break closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
             }
             frame = stream.next() => frame,
@@ -228,7 +242,7 @@ where
             }
             Some(Err(error)) => {
                 let reason = reason_for(error, settings.max_message_bytes);
-                if linger_until.is_some() || reason.discards_queue() {
+                if linger.is_some() || reason.discards_queue() {
                     break closer.reason().cloned().unwrap_or(reason);
                 }
                 tracing::warn!(name = %client.name(), reason = %reason.text(), "closing session on bad input");
@@ -242,7 +256,7 @@ where
             Some(Ok(frame)) => frame,
         };
         activity.touch();
-        if linger_until.is_some() {
+        if linger.is_some() {
             if let Frame::Close(frame) = frame {
                 // Our close was answered; the stream ends next.
                 let _ = frame;
@@ -260,7 +274,7 @@ where
                 closer.close(CloseReason::PeerClosed { code, reason });
                 leave_now(registration);
                 // Keep reading: tungstenite sends our reply on the next poll, then ends.
-                linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER);
+                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
                 continue;
             }
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
@@ -322,9 +336,9 @@ fn leave_now(registration: &mut Registration) {
     registration.leave(&reason.unwrap_or(CloseReason::Dropped("closing".into())));
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+async fn lingered(linger: &mut Option<Pin<Box<Sleep>>>) {
+    match linger {
+        Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -396,7 +410,9 @@ async fn write_loop<S>(
                 let result = tokio::select! {
                     biased;
                     () = closed.as_mut() => break 'run false,
-                    result = write_batch(&mut sink, &mut outbox, item, &mut written) => result,
+                    // Boxed: a batch is one allocation, and an idle
+                    // session's task does not carry the batch's state.
+                    result = Box::pin(write_batch(&mut sink, &mut outbox, item, &mut written)) => result,
                 };
                 if let Err(reason) = result {
                     closer.close(reason);
@@ -421,22 +437,25 @@ async fn write_loop<S>(
     };
     if shutting_down {
         let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-        let drained =
-            tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, &mut written)).await;
+        let drained = tokio::time::timeout_at(
+            deadline,
+            Box::pin(drain(&mut sink, &mut outbox, &mut written)),
+        )
+        .await;
         if drained.is_err() {
             tracing::warn!("drain timeout: closing with messages still queued");
         }
         closer.close(CloseReason::Shutdown);
-        send_close(&mut sink, &CloseReason::Shutdown).await;
+        Box::pin(send_close(&mut sink, &CloseReason::Shutdown)).await;
     } else {
         let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
         if !reason.discards_queue() {
             let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-            let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox, &mut written))
-                .await;
+            let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
+            let _ = tokio::time::timeout_at(deadline, drain).await;
         }
         if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
-            send_close(&mut sink, &reason).await;
+            Box::pin(send_close(&mut sink, &reason)).await;
         }
     }
 }
