@@ -354,24 +354,27 @@ struct SessionStart {
 
 impl SessionStart {
     async fn run(self: Box<Self>, upgraded: hyper::upgrade::Upgraded) {
-        let SessionStart {
-            registration,
-            outbox,
-            settings,
-            shutdown,
-            watch,
-            admission,
-            max_message_bytes,
-        } = *self;
-        let socket = server_socket(upgraded, max_message_bytes).await;
-        let mut run =
-            std::pin::pin!(session::run(socket, registration, outbox, settings, shutdown));
+        // In a block: a local that is moved out of keeps its slot in the
+        // future until its scope ends, and this future lives as long as the
+        // connection; the socket and the unpacked start end with the block.
+        let (run, watch, admission) = {
+            let socket = server_socket(upgraded, self.max_message_bytes).await;
+            let start = *self;
+            let run = session::run(
+                socket,
+                start.registration,
+                start.outbox,
+                start.settings,
+                start.shutdown,
+            );
+            (run, start.watch.needed().map(|watch| Box::pin(watch.run())), start.admission)
+        };
+        let mut run = std::pin::pin!(run);
         // The watchdog only asks the session to close; the session then
         // runs on to send the close frame and clean up. Most sessions have
         // nothing to watch and carry no watchdog state at all.
-        match watch.needed() {
-            Some(watch) => {
-                let mut watch = Box::pin(watch.run());
+        match watch {
+            Some(mut watch) => {
                 tokio::select! {
                     () = &mut run => {}
                     () = &mut watch => run.await,
