@@ -223,19 +223,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime: multi-threaded, or current-thread when the process may
-/// run on one core only (`taskset`, a one-CPU container). With one worker,
-/// work stealing buys nothing and costs atomics and cross-thread wakeups:
-/// measured 4% less CPU per DM and a lower rtt p99 under load
-/// (docs/performance.md). Store and Redis threads are separate either way.
+/// The async runtime: tokio's multi-threaded scheduler, one worker per core.
+///
+/// On one core, the current-thread runtime was measured too (docs/performance.md):
+/// 4% less CPU per DM, but operator-API fanout 2-3x slower, because its
+/// unbounded FIFO run queue runs all 1,000 woken writers after every POST,
+/// one frame and one `write` each, where the multi-threaded worker's bounded
+/// local queue lets more broadcasts queue up per writer first.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -259,9 +258,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// burst of handshakes (hyper's 8 KiB-plus buffers each) a server that then
 /// goes quiet would keep that memory resident indefinitely. Purging on every
 /// free instead (`MIMALLOC_PURGE_DELAY=0`) cost 15-35% of DM throughput;
-/// this costs one heap walk per second. On the current-thread runtime (one
-/// core) it covers all routing memory; on several workers, the worker that
-/// runs it.
+/// this costs one heap walk per second. It trims the heap of the worker
+/// that runs it: with one core (the benchmarks' setup), all of the routing
+/// memory; with several, one worker's share.
 async fn return_freed_memory() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

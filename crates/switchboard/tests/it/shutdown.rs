@@ -2,7 +2,7 @@
 
 use crate::common::process::ServerProcess;
 use crate::common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -53,48 +53,4 @@ async fn sigterm_and_sigint_shut_the_binary_down_gracefully() {
         assert_eq!(close, Some(1001), "SIG{signal}");
         assert_eq!(server.wait().await, Some(0), "SIG{signal} exits cleanly");
     }
-}
-
-/// On one core the binary runs tokio's current-thread runtime (main.rs): it
-/// must route, keep its store thread going, and shut down the same way.
-#[tokio::test]
-async fn on_one_core_the_binary_routes_and_shuts_down_gracefully() {
-    let server = ServerProcess::start_on_one_core(&[]).await;
-    let (mut alice, _) =
-        tokio_tungstenite::connect_async(server.ws_url("alice")).await.expect("connect");
-    let (mut bob, _) =
-        tokio_tungstenite::connect_async(server.ws_url("bob")).await.expect("connect");
-    for i in 0..100 {
-        let dm = format!(r#"{{"dst":"bob","msg":"m{i}"}}"#);
-        alice.send(Message::text(dm)).await.expect("send");
-    }
-    for i in 0..100 {
-        let text = tokio::time::timeout(WAIT, async {
-            loop {
-                match bob.next().await {
-                    Some(Ok(Message::Text(text))) if text.contains("\"src\":\"alice\"") => {
-                        return text.to_string()
-                    }
-                    Some(Ok(_)) => continue,
-                    other => panic!("bob's stream ended: {other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("dm in time");
-        assert!(text.contains(&format!("\"m{i}\"")), "in order: {text}");
-    }
-    server.signal("TERM").await;
-    let close = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(frame)) = alice.next().await {
-            if let Message::Close(frame) = frame {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    })
-    .await
-    .expect("close in time");
-    assert_eq!(close, Some(1001));
-    assert_eq!(server.wait().await, Some(0), "exits cleanly");
 }

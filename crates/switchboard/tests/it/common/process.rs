@@ -22,14 +22,6 @@ impl ServerProcess {
         ServerProcess::spawn(Command::new(env!("CARGO_BIN_EXE_switchboard")), extra).await
     }
 
-    /// [`ServerProcess::start`] under `taskset -c 0`: the process may use one
-    /// core only, so it runs tokio's current-thread runtime.
-    pub async fn start_on_one_core(extra: &[&str]) -> ServerProcess {
-        let mut taskset = Command::new("taskset");
-        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_switchboard")]);
-        ServerProcess::spawn(taskset, extra).await
-    }
-
     async fn spawn(mut command: Command, extra: &[&str]) -> ServerProcess {
         // Issue 7: a store of its own unless the test chose one (or none).
         let own_store = !extra.iter().any(|arg| *arg == "--data-dir" || *arg == "--ephemeral");
