@@ -55,6 +55,10 @@ const MAX_BATCH: usize = 256;
 /// client's frame waits.
 const BUDGET_PER_FRAME: usize = 1;
 
+/// While frames flow, shutdown is checked once per this many frames (reader)
+/// or write batches (writer); see `read_loop`.
+const SIGNAL_CHECK_EVERY: u32 = 64;
+
 /// The slice of configuration a session needs.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionSettings {
@@ -188,10 +192,13 @@ where
     // close frame. Boxed, like the other cold-path futures here, so that the
     // session's task stays small while it is idle (issue 6).
     let mut linger: Option<Pin<Box<Sleep>>> = None;
-    // Created once, not per frame; each is polled only until it fires (the
-    // branch is disabled once `linger` is set).
+    // Created once, not per frame. They are polled only when the socket has
+    // nothing ready, to register for the wake-up; while frames flow, the
+    // close signal is read from its atomic flag per frame and shutdown every
+    // SIGNAL_CHECK_EVERY frames (polling the futures takes a mutex each).
     let mut closed = std::pin::pin!(closer.closed());
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
     let mut since_yield = 0usize;
     let mut counts = InCounts::default();
     let mut until_sample = metrics::SAMPLE_EVERY;
@@ -215,24 +222,38 @@ where
                 () = closed.as_mut(), if linger.is_none() => {}
             }
         }
-        let frame = tokio::select! {
-            biased;
-            () = closed.as_mut(), if linger.is_none() => {
+        if linger.is_none() {
+            until_shutdown_check -= 1;
+            let shutting_down = until_shutdown_check == 0 && {
+                until_shutdown_check = SIGNAL_CHECK_EVERY;
+                shutdown.is_cancelled()
+            };
+            if closer.is_closed() {
                 // Free the name and stop routing to this client now; the
                 // close handshake below only concerns the socket.
+                leave_now(registration);
+                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+            } else if shutting_down {
+                // The writer drains and sends 1001; keep reading for the reply.
+                linger = Some(Box::pin(tokio::time::sleep(settings.drain_timeout + CLOSE_LINGER)));
+            }
+        }
+        let frame = tokio::select! {
+            biased;
+            () = lingered(&mut linger), if linger.is_some() => {
+                break closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+            }
+            frame = stream.next() => frame,
+            // Reached only when no frame is ready (see above).
+            () = closed.as_mut(), if linger.is_none() => {
                 leave_now(registration);
                 linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
                 continue;
             }
             () = cancelled.as_mut(), if linger.is_none() => {
-                // The writer drains and sends 1001; keep reading for the reply.
                 linger = Some(Box::pin(tokio::time::sleep(settings.drain_timeout + CLOSE_LINGER)));
                 continue;
             }
-            () = lingered(&mut linger), if linger.is_some() => {
-                break closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
-            }
-            frame = stream.next() => frame,
         };
         let frame = match frame {
             None => {
@@ -397,28 +418,42 @@ async fn write_loop<S>(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pinged = false;
     let closer = outbox.closer().clone();
-    // Created once, not per batch: each fires at most once and ends the loop.
+    // Created once, not per batch: each fires at most once and ends the
+    // loop. As in the reader, they are polled only when there is nothing to
+    // write; while batches flow, the flags are checked instead.
     let mut closed = std::pin::pin!(closer.closed());
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
     let shutting_down = 'run: loop {
+        if closer.is_closed() {
+            break 'run false;
+        }
+        until_shutdown_check -= 1;
+        if until_shutdown_check == 0 {
+            until_shutdown_check = SIGNAL_CHECK_EVERY;
+            if shutdown.is_cancelled() {
+                break 'run true;
+            }
+        }
         tokio::select! {
             biased;
-            () = closed.as_mut() => break 'run false,
-            () = cancelled.as_mut() => break 'run true,
             item = outbox.recv() => {
                 let Some(item) = item else { return };
                 let result = tokio::select! {
                     biased;
-                    () = closed.as_mut() => break 'run false,
                     // Boxed: a batch is one allocation, and an idle
                     // session's task does not carry the batch's state.
                     result = Box::pin(write_batch(&mut sink, &mut outbox, item, &mut written)) => result,
+                    // Reached only while the socket does not take the batch.
+                    () = closed.as_mut() => break 'run false,
                 };
                 if let Err(reason) = result {
                     closer.close(reason);
                     return;
                 }
             }
+            () = closed.as_mut() => break 'run false,
+            () = cancelled.as_mut() => break 'run true,
             _ = keepalive.tick() => {
                 let idle = activity.idle();
                 if idle < settings.ping_interval {
