@@ -51,9 +51,16 @@ const MAX_BATCH: usize = 256;
 
 /// Units of tokio's coop budget (128 per task poll) each routed frame
 /// consumes, so that one busy connection cannot hold the worker for a whole
-/// budget of reads (each 4 KiB read carries ~40 small frames) while a light
+/// budget of reads (each read carries many small frames) while a light
 /// client's frame waits.
 const BUDGET_PER_FRAME: usize = 1;
+
+/// A routed frame also consumes one budget unit per this many payload bytes.
+/// Without it, one turn of a reader could route 128 large frames (4 MiB of
+/// 32 KiB messages, read 64 KiB per syscall by `ReadAhead`) into a
+/// recipient's outbox before its writer runs once, and overflow a limit
+/// that the recipient is in fact keeping up with.
+const BUDGET_BYTES_PER_UNIT: usize = 4096;
 
 /// While frames flow, shutdown is checked once per this many frames (reader)
 /// or write batches (writer); see `read_loop`.
@@ -205,14 +212,15 @@ where
     let reason = loop {
         if since_yield > 0 {
             // Charge tokio's coop budget for the frame just routed: a reader
-            // with a backlog yields after ~128 / BUDGET_PER_FRAME frames in
-            // one poll, so a light client's frame waits for a short turn of
-            // each busy session, not a whole budget of 4 KiB reads (issue 6,
-            // rtt under load). A reader that drains its socket never yields.
-            since_yield = 0;
-            for _ in 0..BUDGET_PER_FRAME {
+            // with a backlog yields after ~128 / BUDGET_PER_FRAME small
+            // frames (fewer large ones) in one poll, so a light client's
+            // frame waits for a short turn of each busy session (issue 6, rtt
+            // under load), and a recipient's writer runs between turns. A
+            // reader that drains its socket never yields.
+            for _ in 0..since_yield {
                 tokio::task::coop::consume_budget().await;
             }
+            since_yield = 0;
         }
         // Issue 7: when the store falls behind, stop reading (TCP pushes
         // back on the sender) instead of queueing without bound.
@@ -301,7 +309,7 @@ where
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
         };
         client.count_in();
-        since_yield += 1;
+        since_yield = BUDGET_PER_FRAME + payload_len / BUDGET_BYTES_PER_UNIT;
         let kind = match (&frame, client.protocol()) {
             (Frame::Text(_), Protocol::Classic) => InKind::ClassicText,
             (Frame::Text(_), Protocol::V1) => InKind::V1Text,
