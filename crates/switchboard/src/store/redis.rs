@@ -68,34 +68,54 @@ const MAX_HISTORY_SCAN: usize = 10_000;
 /// Most client ids kept per sender.
 const MAX_SENT_IDS: usize = 4096;
 
+/// The Lua function both `APPEND` and `ROUTE` store an entry with, so the
+/// record's layout and the limits' bookkeeping exist once. ARGV 3..16 are
+/// the same in both scripts (3..10 from [`record_args`]). Returns the stream's error,
+/// or nil once the entry, its bytes and its dedup id are stored.
+macro_rules! store_entry_lua {
+    () => {
+        r"
+local function store(inbox, bytes, sent, id)
+  local f = {'k', ARGV[3], 'ts', ARGV[4], 't', ARGV[6], 'b', ARGV[9]}
+  if ARGV[5] ~= '' then f[#f+1] = 'f'; f[#f+1] = ARGV[5] end
+  if ARGV[7] == '1' then f[#f+1] = 'p'; f[#f+1] = ARGV[8] end
+  if ARGV[10] ~= '' then f[#f+1] = 'r'; f[#f+1] = ARGV[10] end
+  local added = redis.pcall('XADD', inbox, id, unpack(f))
+  if type(added) == 'table' and added.err then return added.err end
+  redis.call('INCRBY', bytes, ARGV[9])
+  if ARGV[14] ~= '0' then
+    redis.call('PEXPIRE', inbox, ARGV[14]); redis.call('PEXPIRE', bytes, ARGV[14])
+  end
+  if ARGV[11] ~= '' then
+    redis.call('ZADD', sent, ARGV[12], ARGV[11])
+    redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. ARGV[13])
+    redis.call('ZREMRANGEBYRANK', sent, 0, -ARGV[16] - 1)
+    redis.call('PEXPIRE', sent, ARGV[15])
+  end
+  return nil
+end
+"
+    };
+}
+
 /// Stores a delivery numbered by the node holding the name, if it still
 /// holds it. Returns 1, 0 when the claim is not ours, -1 when the stream
 /// refused the id (a higher seq was stored meanwhile by someone else).
-const APPEND: &str = r"
+const APPEND: &str = concat!(
+    store_entry_lua!(),
+    r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local f = {'k', ARGV[3], 'ts', ARGV[4], 't', ARGV[6], 'b', ARGV[9]}
-if ARGV[5] ~= '' then f[#f+1] = 'f'; f[#f+1] = ARGV[5] end
-if ARGV[7] == '1' then f[#f+1] = 'p'; f[#f+1] = ARGV[8] end
-if ARGV[10] ~= '' then f[#f+1] = 'r'; f[#f+1] = ARGV[10] end
-local added = redis.pcall('XADD', KEYS[2], ARGV[2], unpack(f))
-if type(added) == 'table' and added.err then return -1 end
-redis.call('INCRBY', KEYS[3], ARGV[9])
-if ARGV[14] ~= '0' then
-  redis.call('PEXPIRE', KEYS[2], ARGV[14]); redis.call('PEXPIRE', KEYS[3], ARGV[14])
-end
-if ARGV[11] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[12], ARGV[11])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[13])
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -ARGV[16] - 1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[15])
-end
+if store(KEYS[2], KEYS[3], KEYS[4], ARGV[2]) then return -1 end
 return 1
-";
+"
+);
 
 /// A delivery to a name this node does not hold: dedup, then forward to
 /// the holder or number and store for the offline name. Returns a table
 /// whose first element says which.
-const ROUTE: &str = r"
+const ROUTE: &str = concat!(
+    store_entry_lua!(),
+    r"
 if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[5], ARGV[11]) then return {'dup'} end
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then
@@ -108,24 +128,11 @@ if depth + 1 > tonumber(ARGV[19]) then return {'full', 'messages', depth} end
 local bytes = tonumber(redis.call('GET', KEYS[4]) or '0')
 if bytes + tonumber(ARGV[9]) > tonumber(ARGV[20]) then return {'full', 'bytes', bytes} end
 local seq = redis.call('INCR', KEYS[2])
-local f = {'k', ARGV[3], 'ts', ARGV[4], 't', ARGV[6], 'b', ARGV[9]}
-if ARGV[5] ~= '' then f[#f+1] = 'f'; f[#f+1] = ARGV[5] end
-if ARGV[7] == '1' then f[#f+1] = 'p'; f[#f+1] = ARGV[8] end
-if ARGV[10] ~= '' then f[#f+1] = 'r'; f[#f+1] = ARGV[10] end
-local added = redis.pcall('XADD', KEYS[3], string.format('%d-1', seq), unpack(f))
-if type(added) == 'table' and added.err then return {'err', added.err} end
-redis.call('INCRBY', KEYS[4], ARGV[9])
-if ARGV[14] ~= '0' then
-  redis.call('PEXPIRE', KEYS[3], ARGV[14]); redis.call('PEXPIRE', KEYS[4], ARGV[14])
-end
-if ARGV[11] ~= '' then
-  redis.call('ZADD', KEYS[5], ARGV[12], ARGV[11])
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. ARGV[13])
-  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -ARGV[16] - 1)
-  redis.call('PEXPIRE', KEYS[5], ARGV[15])
-end
+local err = store(KEYS[3], KEYS[4], KEYS[5], string.format('%d-1', seq))
+if err then return {'err', err} end
 return {'ok', seq}
-";
+"
+);
 
 /// Acknowledges entries up to a seq: returns {entries, bytes, receipts...}.
 const ACK: &str = r"
