@@ -29,16 +29,7 @@ async fn broadcast_reaches_everyone_and_reports_how_many() {
     let server = TestServer::start().await;
     let mut alice = classic(&server, "alice").await;
     let mut bob = v1(&server, "bob").await;
-    let http = reqwest::Client::new();
-    let reply: Value = http
-        .post(server.http("/api/broadcast"))
-        .body("hello everyone")
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
+    let (_, reply) = post(&server.http("/api/broadcast"), "hello everyone").await;
     assert_eq!(reply, json!({"delivered": 2}));
     assert_eq!(alice.recv_text().await, "hello everyone", "classic clients get plain text");
     let got = bob.recv_json().await;
@@ -54,24 +45,12 @@ async fn send_to_one_reaches_only_that_client_and_404s_when_offline() {
     let server = TestServer::start().await;
     let mut alice = classic(&server, "alice").await;
     let mut bob = classic(&server, "bob").await;
-    let http = reqwest::Client::new();
-    let response = http
-        .post(server.http("/api/clients/alice/messages"))
-        .body("just you")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status(), 200);
+    let (status, _) = post(&server.http("/api/clients/alice/messages"), "just you").await;
+    assert_eq!(status, 200);
     assert_eq!(alice.recv_text().await, "just you");
     bob.expect_silence(Duration::from_millis(200)).await;
-    let response = http
-        .post(server.http("/api/clients/nobody/messages"))
-        .body("x")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status(), 404);
-    let body: Value = response.json().await.expect("json");
+    let (status, body) = post(&server.http("/api/clients/nobody/messages"), "x").await;
+    assert_eq!(status, 404);
     assert!(body["error"].as_str().is_some_and(|e| e.contains("nobody is unknown")), "{body}");
 }
 

@@ -7,16 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{test_config, TestServer, WAIT};
+use crate::common::{pseudo_random, test_config, TestServer, WAIT};
 use switchboard::config::Config;
-use switchboard::hub::Hub;
 use switchboard_client::{
     Client, ClientBuilder, ConnectError, ErrorCode, Event, Events, Outbound, PresenceEvent,
     ReconnectPolicy, SendError, State,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Most events a test looks through for the one it expects.
 const MAX_EVENTS: usize = 100_000;
@@ -57,19 +54,6 @@ fn checksum(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// Deterministic bytes that are not all alike.
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -192,7 +176,7 @@ async fn binary_512_kib_round_trip_with_checksum() {
     let server = TestServer::start().await;
     let (alice, mut alice_events) = connect(&server, "alice").await;
     let (bob, mut bob_events) = connect(&server, "bob").await;
-    let payload = pseudo_random(512 * 1024);
+    let payload = pseudo_random(512 * 1024, 0x2545_f491_4f6c_dd1d);
     let sum = checksum(&payload);
 
     let id = alice.send_binary("bob", payload.clone()).expect("send");
@@ -302,46 +286,10 @@ async fn closed_port() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
-/// A server on a chosen address, so a "restarted" server can take the same port.
-struct FixedServer {
-    hub: Hub,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<std::io::Result<()>>,
-}
-
-impl FixedServer {
-    fn start(addr: SocketAddr) -> (FixedServer, SocketAddr) {
-        let config = test_config();
-        let listener = switchboard::server::bind(addr, 1024).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let hub = Hub::new(config.hub_limits());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(switchboard::server::run_with_hub(
-            listener,
-            config,
-            hub.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        (FixedServer { hub, shutdown: Some(tx), handle }, addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), self.handle)
-            .await
-            .expect("shutdown in time")
-            .expect("join")
-            .expect("run");
-    }
-}
-
 #[tokio::test]
 async fn reconnects_after_a_server_restart_and_rejoins_rooms() {
-    let (first, addr) = FixedServer::start("127.0.0.1:0".parse().expect("addr"));
+    let first = TestServer::start_at("127.0.0.1:0".parse().expect("addr"), test_config());
+    let addr = first.addr;
     let url = format!("ws://{addr}");
     let policy =
         ReconnectPolicy::exponential(Duration::from_millis(50), Duration::from_millis(500));
@@ -359,8 +307,8 @@ async fn reconnects_after_a_server_restart_and_rejoins_rooms() {
     assert!(matches!(event, Event::Disconnected { code: Some(1001), .. }), "{event:?}");
     expect(&mut events, "reconnecting", |e| matches!(e, Event::Reconnecting { .. })).await;
 
-    let (second, again) = FixedServer::start(addr);
-    assert_eq!(again, addr);
+    let second = TestServer::start_at(addr, test_config());
+    assert_eq!(second.addr, addr);
     expect(&mut events, "reconnected", |e| matches!(e, Event::Connected(_))).await;
     assert_eq!(alice.state(), State::Connected);
     crate::common::eventually("alice back in quotes", || {
@@ -394,8 +342,8 @@ async fn reconnects_after_a_server_restart_and_rejoins_rooms() {
 
 #[tokio::test]
 async fn without_reconnect_a_lost_connection_closes_the_client() {
-    let (server, addr) = FixedServer::start("127.0.0.1:0".parse().expect("addr"));
-    let (alice, mut events) = ClientBuilder::new(format!("ws://{addr}"), "alice")
+    let server = TestServer::start().await;
+    let (alice, mut events) = ClientBuilder::new(server.base_ws(), "alice")
         .reconnect(ReconnectPolicy::disabled())
         .connect()
         .await

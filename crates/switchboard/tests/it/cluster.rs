@@ -124,15 +124,8 @@ async fn a_room_spread_over_three_nodes_reaches_each_member_once() {
         clients.as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["m0", "m1", "m2"]);
     // The operator publishes on one node; members on every node get it once.
-    let delivered: Value = http
-        .post(nodes[1].http("/api/rooms/lobby/messages"))
-        .body("from the operator")
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
+    let (_, delivered) =
+        post(&nodes[1].http("/api/rooms/lobby/messages"), "from the operator").await;
     assert_eq!(delivered["delivered"], 3);
     for member in &mut members {
         let got = member.recv_json().await;
@@ -149,15 +142,7 @@ async fn operator_broadcast_send_to_one_and_disconnect_work_across_nodes() {
     let mut c = v1(&nodes[2], "c").await;
     settle(&nodes, 3).await;
     let http = reqwest::Client::new();
-    let delivered: Value = http
-        .post(nodes[0].http("/api/broadcast"))
-        .body("hello everyone")
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
+    let (_, delivered) = post(&nodes[0].http("/api/broadcast"), "hello everyone").await;
     assert_eq!(delivered["delivered"], 3);
     assert_eq!(a.recv_json().await["text"], "hello everyone");
     assert_eq!(b.recv_text().await, "hello everyone");

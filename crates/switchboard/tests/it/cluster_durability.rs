@@ -92,14 +92,9 @@ async fn messages_stored_through_one_node_are_delivered_on_another_in_order() {
         "{error}"
     );
     // The operator API of either node stores too, answered after the write.
-    let response = reqwest::Client::new()
-        .post(nodes[1].http("/api/clients/bob/messages"))
-        .body("from the operator")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("json");
+    let (status, body) =
+        post(&nodes[1].http("/api/clients/bob/messages"), "from the operator").await;
+    assert_eq!(status, 200);
     assert_eq!(body["status"], "stored", "{body}");
     assert_eq!(inbox_depth(&nodes[1], "bob").await, 51);
 

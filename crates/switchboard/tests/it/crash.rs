@@ -220,16 +220,10 @@ async fn an_operator_message_answered_200_survives_kill_9() {
     bob.close().await;
     wait_offline(&server, "bob").await;
 
-    let http = reqwest::Client::new();
     for i in 0..20 {
-        let response = http
-            .post(server.http("/api/clients/bob/messages"))
-            .body(format!("notice {i}"))
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.expect("json");
+        let (status, body) =
+            post(&server.http("/api/clients/bob/messages"), format!("notice {i}")).await;
+        assert_eq!(status, 200);
         assert_eq!(body["status"], "stored", "{body}");
     }
     server.signal("KILL").await;

@@ -23,19 +23,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so payloads are not all zeros.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// Connects with protocol v1 and returns the client and its welcome.
 async fn v1_welcomed(server: &TestServer, name: &str) -> (WsClient, Value) {
     let mut request = server.ws_url(name).into_client_request().expect("request");
@@ -551,7 +538,7 @@ async fn v1_and_classic_clients_interoperate_both_ways() {
     assert!(carol.recv_text().await.contains("nobody is not online"));
 
     // Binary to a classic client: the raw payload, without header.
-    let data = payload(1000, 3);
+    let data = pseudo_random(1000, 3);
     send_binary(&mut alice, binary::encode_outgoing("b", Target::Client("carol"), &data)).await;
     assert_eq!(alice.recv_json().await, json!({"type": "ack", "id": "b", "status": "live"}));
     assert_eq!(&recv_binary(&mut carol).await[..], &data[..]);
@@ -633,7 +620,7 @@ async fn binary_512_kib_round_trips_with_checksum() {
     let mut alice = v1(&server, "alice").await;
     let mut bob = v1(&server, "bob").await;
     let mut carol = v1(&server, "carol").await;
-    let data = payload(SIZE, 42);
+    let data = pseudo_random(SIZE, 42);
     let sum = fnv1a(&data);
     send_binary(&mut alice, binary::encode_outgoing("big", Target::Client("bob"), &data)).await;
     assert_eq!(alice.recv_json().await, json!({"type": "ack", "id": "big", "status": "live"}));

@@ -116,22 +116,6 @@ fn with_v1(mut request: Request) -> Request {
     request
 }
 
-/// The handshake's outcome: a connected client, or the refusal's status and body.
-async fn handshake(request: Request) -> Result<WsClient, (u16, String)> {
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((socket, _)) => Ok(WsClient { socket }),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err((response.status().as_u16(), body))
-        }
-        Err(other) => panic!("unexpected handshake error: {other}"),
-    }
-}
-
 async fn accepted(request: Request) -> WsClient {
     match handshake(request).await {
         Ok(client) => client,

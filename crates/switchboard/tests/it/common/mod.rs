@@ -37,8 +37,12 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
-        let listener =
-            switchboard::server::bind("127.0.0.1:0".parse().expect("addr"), 1024).expect("bind");
+        TestServer::start_at("127.0.0.1:0".parse().expect("addr"), config)
+    }
+
+    /// On a chosen address, so a "restarted" server can take the same port.
+    pub fn start_at(addr: SocketAddr, config: Config) -> TestServer {
+        let listener = switchboard::server::bind(addr, 1024).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let hub = Hub::new(config.hub_limits());
         let (tx, rx) = oneshot::channel::<()>();
@@ -149,18 +153,48 @@ pub async fn refused(url: &str, origin: Option<&str>) -> (u16, String) {
             .headers_mut()
             .insert("Origin", HeaderValue::from_bytes(origin.as_bytes()).expect("header"));
     }
-    match tokio_tungstenite::connect_async(request).await {
+    match handshake(request).await {
         Ok(_) => panic!("handshake to {url} was accepted"),
+        Err(refusal) => refusal,
+    }
+}
+
+/// The handshake's outcome: a connected client, or the refusal's status and body.
+pub async fn handshake(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<WsClient, (u16, String)> {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(WsClient { socket }),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let body = response
                 .body()
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default();
-            (response.status().as_u16(), body)
+            Err((response.status().as_u16(), body))
         }
-        Err(other) => panic!("unexpected error: {other}"),
+        Err(other) => panic!("unexpected handshake error: {other}"),
     }
+}
+
+/// POSTs `body` to `url` (the operator API): the status and the JSON answer.
+pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new().post(url).body(body).send().await.expect("post");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so payloads are not all alike.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
 
 impl WsClient {
