@@ -206,21 +206,21 @@ where
     let mut closed = std::pin::pin!(closer.closed());
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
     let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
-    let mut since_yield = 0usize;
+    let mut owed_budget = 0usize;
     let mut counts = InCounts::default();
     let mut until_sample = metrics::SAMPLE_EVERY;
     let reason = loop {
-        if since_yield > 0 {
+        if owed_budget > 0 {
             // Charge tokio's coop budget for the frame just routed: a reader
             // with a backlog yields after ~128 / BUDGET_PER_FRAME small
             // frames (fewer large ones) in one poll, so a light client's
             // frame waits for a short turn of each busy session (issue 6, rtt
             // under load), and a recipient's writer runs between turns. A
             // reader that drains its socket never yields.
-            for _ in 0..since_yield {
+            for _ in 0..owed_budget {
                 tokio::task::coop::consume_budget().await;
             }
-            since_yield = 0;
+            owed_budget = 0;
         }
         // Issue 7: when the store falls behind, stop reading (TCP pushes
         // back on the sender) instead of queueing without bound.
@@ -252,14 +252,10 @@ where
                 break closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
             }
             frame = stream.next() => frame,
-            // Reached only when no frame is ready (see above).
-            () = closed.as_mut(), if linger.is_none() => {
-                leave_now(registration);
-                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
-                continue;
-            }
+            // Reached only when no frame is ready; the checks above then act.
+            () = closed.as_mut(), if linger.is_none() => continue,
             () = cancelled.as_mut(), if linger.is_none() => {
-                linger = Some(Box::pin(tokio::time::sleep(settings.drain_timeout + CLOSE_LINGER)));
+                until_shutdown_check = 1;
                 continue;
             }
         };
@@ -309,7 +305,7 @@ where
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
         };
         client.count_in();
-        since_yield = BUDGET_PER_FRAME + payload_len / BUDGET_BYTES_PER_UNIT;
+        owed_budget = BUDGET_PER_FRAME + payload_len / BUDGET_BYTES_PER_UNIT;
         let kind = match (&frame, client.protocol()) {
             (Frame::Text(_), Protocol::Classic) => InKind::ClassicText,
             (Frame::Text(_), Protocol::V1) => InKind::V1Text,
