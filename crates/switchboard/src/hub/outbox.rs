@@ -215,6 +215,11 @@ impl OutboxReceiver {
         }
     }
 
+    /// Bytes queued and not yet taken by [`OutboxReceiver::try_recv`].
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
     /// Takes the next item if one is ready.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         if self.taken.is_empty() {

@@ -12,6 +12,7 @@
 
 mod api;
 pub(crate) mod auth;
+mod contention;
 mod dispatch;
 mod echo;
 mod handshake;

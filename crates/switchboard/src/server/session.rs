@@ -29,6 +29,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message as Frame, Utf8Bytes};
 
+use super::contention;
 use super::dispatch;
 use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
@@ -49,18 +50,18 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// backlog adds to the first frame of a batch.
 const MAX_BATCH: usize = 256;
 
-/// Units of tokio's coop budget (128 per task poll) each routed frame
-/// consumes, so that one busy connection cannot hold the worker for a whole
-/// budget of reads (each read carries many small frames) while a light
-/// client's frame waits.
-const BUDGET_PER_FRAME: usize = 1;
-
 /// A routed frame also consumes one budget unit per this many payload bytes.
 /// Without it, one turn of a reader could route 128 large frames (4 MiB of
 /// 32 KiB messages, read 64 KiB per syscall by `ReadAhead`) into a
 /// recipient's outbox before its writer runs once, and overflow a limit
 /// that the recipient is in fact keeping up with.
 const BUDGET_BYTES_PER_UNIT: usize = 4096;
+
+/// Most turns a busy writer yields before it writes again.
+const GATHER_TURNS: u32 = 16;
+
+/// A busy writer stops gathering once this many bytes are queued.
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// While frames flow, shutdown is checked once per this many frames (reader)
 /// or write batches (writer); see `read_loop`.
@@ -212,11 +213,12 @@ where
     let reason = loop {
         if owed_budget > 0 {
             // Charge tokio's coop budget for the frame just routed: a reader
-            // with a backlog yields after ~128 / BUDGET_PER_FRAME small
-            // frames (fewer large ones) in one poll, so a light client's
-            // frame waits for a short turn of each busy session (issue 6, rtt
-            // under load), and a recipient's writer runs between turns. A
-            // reader that drains its socket never yields.
+            // with a backlog yields after a turn of ~128 small frames (~42
+            // while the workers are contended, fewer large ones), so a light
+            // client's frame waits for a short turn of each busy session
+            // (issue 6, rtt under load; see `contention`), and a recipient's
+            // writer runs between turns. A reader that drains its socket
+            // never yields.
             for _ in 0..owed_budget {
                 tokio::task::coop::consume_budget().await;
             }
@@ -305,7 +307,7 @@ where
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
         };
         client.count_in();
-        owed_budget = BUDGET_PER_FRAME + payload_len / BUDGET_BYTES_PER_UNIT;
+        owed_budget = contention::global().budget_per_frame() + payload_len / BUDGET_BYTES_PER_UNIT;
         let kind = match (&frame, client.protocol()) {
             (Frame::Text(_), Protocol::Classic) => InKind::ClassicText,
             (Frame::Text(_), Protocol::V1) => InKind::V1Text,
@@ -428,6 +430,7 @@ async fn write_loop<S>(
     let mut closed = std::pin::pin!(closer.closed());
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
     let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
+    let mut busy = contention::global().writer();
     let shutting_down = 'run: loop {
         if closer.is_closed() {
             break 'run false;
@@ -451,14 +454,25 @@ async fn write_loop<S>(
                     // Reached only while the socket does not take the batch.
                     () = closed.as_mut() => break 'run false,
                 };
-                if let Err(reason) = result {
-                    closer.close(reason);
-                    return;
+                match result {
+                    Err(reason) => {
+                        closer.close(reason);
+                        return;
+                    }
+                    Ok(fed) => {
+                        busy.set(fed >= contention::BUSY_BATCH);
+                        if busy.is_busy() && contention::global().contended() {
+                            gather(&outbox).await;
+                        }
+                    }
                 }
             }
             () = closed.as_mut() => break 'run false,
             () = cancelled.as_mut() => break 'run true,
             _ = keepalive.tick() => {
+                // A flow that stopped stops counting as busy by the next
+                // tick; a busy one is marked again by its next batch.
+                busy.set(false);
                 let idle = activity.idle();
                 if idle < settings.ping_interval {
                     pinged = false;
@@ -499,6 +513,23 @@ async fn write_loop<S>(
     }
 }
 
+/// Lets a busy flow's next batch grow before it is written, while several
+/// flows compete for the worker: yields to the other tasks up to
+/// [`GATHER_TURNS`] times, or until [`GATHER_BYTES`] are queued.
+///
+/// Why: a write syscall costs about as much as routing a few dozen frames.
+/// Without this, each busy writer wakes and writes once per turn of its
+/// sender, and those writes lengthen every round of the worker, which is
+/// what the reader of a light client waits for (issue 6, rtt under load).
+async fn gather(outbox: &OutboxReceiver) {
+    for _ in 0..GATHER_TURNS {
+        if outbox.queued_bytes() >= GATHER_BYTES {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Feeds `first` and whatever else is ready (up to [`MAX_BATCH`]), then
 /// flushes once: many frames per write syscall under load, one when idle.
 async fn write_batch<S>(
@@ -506,7 +537,7 @@ async fn write_batch<S>(
     outbox: &mut OutboxReceiver,
     first: Outgoing,
     written: &mut Written,
-) -> Result<(), CloseReason>
+) -> Result<usize, CloseReason>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -531,7 +562,7 @@ where
     metrics::global().add_out(&counts);
     sink.flush().await.map_err(dropped)?;
     written.flushed();
-    Ok(())
+    Ok(fed)
 }
 
 fn dropped(error: tungstenite::Error) -> CloseReason {

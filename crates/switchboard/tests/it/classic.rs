@@ -140,6 +140,50 @@ async fn two_hundred_clients_dm_each_other_without_loss() {
     }
 }
 
+/// Many flows busy at once switch the hub to short turns and gathered
+/// writes (`server::contention`): nothing may be lost, reordered or held
+/// back by it, for the busy flows or for a light client beside them.
+#[tokio::test]
+async fn many_busy_flows_and_a_light_one_lose_nothing() {
+    const PAIRS: usize = 8;
+    const EACH: usize = 3_000;
+    let server = TestServer::start_with(switchboard::config::Config {
+        rate_messages_per_sec: 0,
+        rate_bytes_per_sec: 0,
+        ..test_config()
+    })
+    .await;
+    let mut flows = Vec::new();
+    for pair in 0..PAIRS {
+        let mut sender = classic(&server, &format!("s{pair}")).await;
+        let mut receiver = classic(&server, &format!("r{pair}")).await;
+        let to = format!("r{pair}");
+        flows.push(tokio::spawn(async move {
+            for k in 0..EACH {
+                sender.send(&json!({"dst": to, "msg": k.to_string()}).to_string()).await;
+            }
+            sender
+        }));
+        flows.push(tokio::spawn(async move {
+            for k in 0..EACH {
+                assert_eq!(receiver.recv_json().await["msg"], k.to_string());
+            }
+            receiver
+        }));
+    }
+    let mut ping = classic(&server, "ping").await;
+    let mut pong = classic(&server, "pong").await;
+    for k in 0..20 {
+        ping.send(&json!({"dst": "pong", "msg": k.to_string()}).to_string()).await;
+        assert_eq!(pong.recv_json().await["msg"], k.to_string());
+        pong.send(&json!({"dst": "ping", "msg": k.to_string()}).to_string()).await;
+        assert_eq!(ping.recv_json().await["msg"], k.to_string());
+    }
+    for flow in flows {
+        flow.await.expect("flow");
+    }
+}
+
 trait SendExt {
     async fn socket_send(&mut self, text: &str);
 }
