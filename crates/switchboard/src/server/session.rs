@@ -152,7 +152,12 @@ where
     let writer = tokio::spawn(write_loop(
         sink,
         outbox,
-        Written { hub: hub.clone(), client: client.clone(), stored_upto: 0 },
+        Written {
+            hub: hub.clone(),
+            client: client.clone(),
+            stored_upto: 0,
+            busy: contention::Busy::default(),
+        },
         settings.clone(),
         activity.clone(),
         shutdown.clone(),
@@ -392,6 +397,8 @@ struct Written {
     hub: Hub,
     client: Arc<Client>,
     stored_upto: u64,
+    /// Whether the last batch made this writer busy (see `contention`).
+    busy: contention::Busy,
 }
 
 impl Written {
@@ -430,7 +437,7 @@ async fn write_loop<S>(
     let mut closed = std::pin::pin!(closer.closed());
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
     let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
-    let mut busy = contention::global().writer();
+    let mut gathering = 0u32;
     let shutting_down = 'run: loop {
         if closer.is_closed() {
             break 'run false;
@@ -441,6 +448,22 @@ async fn write_loop<S>(
             if shutdown.is_cancelled() {
                 break 'run true;
             }
+        }
+        if gathering > 0 {
+            // A busy writer under contention lets its next batch grow: it
+            // yields to the other tasks for up to GATHER_TURNS turns, or
+            // until GATHER_BYTES are queued. A write syscall costs about as
+            // much as routing a few dozen frames; without this, each busy
+            // writer writes once per (short) turn of its sender, and those
+            // writes lengthen every round of the worker, which is what the
+            // reader of a light client waits for (see `contention`). Inline,
+            // not a helper future: the writer's future stays its size.
+            gathering -= 1;
+            if outbox.queued_bytes() < GATHER_BYTES {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            gathering = 0;
         }
         tokio::select! {
             biased;
@@ -459,12 +482,8 @@ async fn write_loop<S>(
                         closer.close(reason);
                         return;
                     }
-                    Ok(fed) => {
-                        busy.set(fed >= contention::BUSY_BATCH);
-                        if busy.is_busy() && contention::global().contended() {
-                            gather(&outbox).await;
-                        }
-                    }
+                    Ok(Next::Gather) => gathering = GATHER_TURNS,
+                    Ok(Next::Write) => {}
                 }
             }
             () = closed.as_mut() => break 'run false,
@@ -472,7 +491,7 @@ async fn write_loop<S>(
             _ = keepalive.tick() => {
                 // A flow that stopped stops counting as busy by the next
                 // tick; a busy one is marked again by its next batch.
-                busy.set(false);
+                written.busy.set(false);
                 let idle = activity.idle();
                 if idle < settings.ping_interval {
                     pinged = false;
@@ -513,23 +532,6 @@ async fn write_loop<S>(
     }
 }
 
-/// Lets a busy flow's next batch grow before it is written, while several
-/// flows compete for the worker: yields to the other tasks up to
-/// [`GATHER_TURNS`] times, or until [`GATHER_BYTES`] are queued.
-///
-/// Why: a write syscall costs about as much as routing a few dozen frames.
-/// Without this, each busy writer wakes and writes once per turn of its
-/// sender, and those writes lengthen every round of the worker, which is
-/// what the reader of a light client waits for (issue 6, rtt under load).
-async fn gather(outbox: &OutboxReceiver) {
-    for _ in 0..GATHER_TURNS {
-        if outbox.queued_bytes() >= GATHER_BYTES {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Feeds `first` and whatever else is ready (up to [`MAX_BATCH`]), then
 /// flushes once: many frames per write syscall under load, one when idle.
 async fn write_batch<S>(
@@ -537,7 +539,7 @@ async fn write_batch<S>(
     outbox: &mut OutboxReceiver,
     first: Outgoing,
     written: &mut Written,
-) -> Result<usize, CloseReason>
+) -> Result<Next, CloseReason>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -562,7 +564,20 @@ where
     metrics::global().add_out(&counts);
     sink.flush().await.map_err(dropped)?;
     written.flushed();
-    Ok(fed)
+    written.busy.set(fed >= contention::BUSY_BATCH);
+    if written.busy.is_busy() && contention::global().contended() {
+        Ok(Next::Gather)
+    } else {
+        Ok(Next::Write)
+    }
+}
+
+/// What a writer does after a batch.
+enum Next {
+    /// Write the next batch as soon as there is one.
+    Write,
+    /// Let the next batch gather first (see `write_loop`).
+    Gather,
 }
 
 fn dropped(error: tungstenite::Error) -> CloseReason {
