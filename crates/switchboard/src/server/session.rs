@@ -415,119 +415,126 @@ impl Written {
     }
 }
 
-async fn write_loop<S>(
+/// The writer. A plain function returning an `async move` block rather than
+/// an `async fn`: an async fn's future stores its arguments twice (once as
+/// passed, once moved into the body), and this future lives as long as the
+/// connection (issue 6, idle memory).
+fn write_loop<S>(
     mut sink: Sink<S>,
     mut outbox: OutboxReceiver,
     mut written: Written,
     settings: SessionSettings,
     activity: Arc<Activity>,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let check_every =
-        (settings.ping_interval.min(settings.pong_timeout) / 2).max(Duration::from_millis(100));
-    let mut keepalive = tokio::time::interval(check_every);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pinged = false;
-    let closer = outbox.closer().clone();
-    // Created once, not per batch: each fires at most once and ends the
-    // loop. As in the reader, they are polled only when there is nothing to
-    // write; while batches flow, the flags are checked instead.
-    let mut closed = std::pin::pin!(closer.closed());
-    let mut cancelled = std::pin::pin!(shutdown.cancelled());
-    let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
-    let mut gathering = 0u32;
-    let shutting_down = 'run: loop {
-        if closer.is_closed() {
-            break 'run false;
-        }
-        until_shutdown_check -= 1;
-        if until_shutdown_check == 0 {
-            until_shutdown_check = SIGNAL_CHECK_EVERY;
-            if shutdown.is_cancelled() {
-                break 'run true;
+    async move {
+        let check_every =
+            (settings.ping_interval.min(settings.pong_timeout) / 2).max(Duration::from_millis(100));
+        let mut keepalive = tokio::time::interval(check_every);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pinged = false;
+        let closer = outbox.closer().clone();
+        // Created once, not per batch: each fires at most once and ends the
+        // loop. As in the reader, they are polled only when there is nothing to
+        // write; while batches flow, the flags are checked instead.
+        let mut closed = std::pin::pin!(closer.closed());
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
+        let mut gathering = 0u32;
+        let shutting_down = 'run: loop {
+            if closer.is_closed() {
+                break 'run false;
             }
-        }
-        if gathering > 0 {
-            // A busy writer under contention lets its next batch grow: it
-            // yields to the other tasks for up to GATHER_TURNS turns, or
-            // until GATHER_BYTES are queued. A write syscall costs about as
-            // much as routing a few dozen frames; without this, each busy
-            // writer writes once per (short) turn of its sender, and those
-            // writes lengthen every round of the worker, which is what the
-            // reader of a light client waits for (see `contention`). Inline,
-            // not a helper future: the writer's future stays its size.
-            gathering -= 1;
-            if outbox.queued_bytes() < GATHER_BYTES {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            gathering = 0;
-        }
-        tokio::select! {
-            biased;
-            item = outbox.recv() => {
-                let Some(item) = item else { return };
-                let result = tokio::select! {
-                    biased;
-                    // Boxed: a batch is one allocation, and an idle
-                    // session's task does not carry the batch's state.
-                    result = Box::pin(write_batch(&mut sink, &mut outbox, item, &mut written)) => result,
-                    // Reached only while the socket does not take the batch.
-                    () = closed.as_mut() => break 'run false,
-                };
-                match result {
-                    Err(reason) => {
-                        closer.close(reason);
-                        return;
-                    }
-                    Ok(Next::Gather) => gathering = GATHER_TURNS,
-                    Ok(Next::Write) => {}
+            until_shutdown_check -= 1;
+            if until_shutdown_check == 0 {
+                until_shutdown_check = SIGNAL_CHECK_EVERY;
+                if shutdown.is_cancelled() {
+                    break 'run true;
                 }
             }
-            () = closed.as_mut() => break 'run false,
-            () = cancelled.as_mut() => break 'run true,
-            _ = keepalive.tick() => {
-                // A flow that stopped stops counting as busy by the next
-                // tick; a busy one is marked again by its next batch.
-                written.busy.set(false);
-                let idle = activity.idle();
-                if idle < settings.ping_interval {
-                    pinged = false;
-                } else if idle >= settings.ping_interval + settings.pong_timeout {
-                    closer.close(CloseReason::KeepaliveTimeout);
-                } else if !pinged {
-                    pinged = true;
-                    if sink.send(Frame::Ping(Default::default())).await.is_err() {
-                        closer.close(CloseReason::Dropped("ping failed".into()));
-                        return;
+            if gathering > 0 {
+                // A busy writer under contention lets its next batch grow: it
+                // yields to the other tasks for up to GATHER_TURNS turns, or
+                // until GATHER_BYTES are queued. A write syscall costs about as
+                // much as routing a few dozen frames; without this, each busy
+                // writer writes once per (short) turn of its sender, and those
+                // writes lengthen every round of the worker, which is what the
+                // reader of a light client waits for (see `contention`). Inline,
+                // not a helper future: the writer's future stays its size.
+                gathering -= 1;
+                if outbox.queued_bytes() < GATHER_BYTES {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                gathering = 0;
+            }
+            tokio::select! {
+                biased;
+                item = outbox.recv() => {
+                    let Some(item) = item else { return };
+                    let result = tokio::select! {
+                        biased;
+                        // Boxed: a batch is one allocation, and an idle
+                        // session's task does not carry the batch's state.
+                        result = Box::pin(write_batch(&mut sink, &mut outbox, item, &mut written)) => result,
+                        // Reached only while the socket does not take the batch.
+                        () = closed.as_mut() => break 'run false,
+                    };
+                    match result {
+                        Err(reason) => {
+                            closer.close(reason);
+                            return;
+                        }
+                        Ok(Next::Gather) => gathering = GATHER_TURNS,
+                        Ok(Next::Write) => {}
+                    }
+                }
+                () = closed.as_mut() => break 'run false,
+                () = cancelled.as_mut() => break 'run true,
+                _ = keepalive.tick() => {
+                    // A flow that stopped stops counting as busy by the next
+                    // tick; a busy one is marked again by its next batch.
+                    written.busy.set(false);
+                    let idle = activity.idle();
+                    if idle < settings.ping_interval {
+                        pinged = false;
+                    } else if idle >= settings.ping_interval + settings.pong_timeout {
+                        closer.close(CloseReason::KeepaliveTimeout);
+                    } else if !pinged {
+                        pinged = true;
+                        if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                            closer.close(CloseReason::Dropped("ping failed".into()));
+                            return;
+                        }
                     }
                 }
             }
-        }
-    };
-    if shutting_down {
-        let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-        let drained = tokio::time::timeout_at(
-            deadline,
-            Box::pin(drain(&mut sink, &mut outbox, &mut written)),
-        )
-        .await;
-        if drained.is_err() {
-            tracing::warn!("drain timeout: closing with messages still queued");
-        }
-        closer.close(CloseReason::Shutdown);
-        Box::pin(send_close(&mut sink, &CloseReason::Shutdown)).await;
-    } else {
-        let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
-        if !reason.discards_queue() {
+        };
+        if shutting_down {
             let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-            let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
-            let _ = tokio::time::timeout_at(deadline, drain).await;
-        }
-        if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
-            Box::pin(send_close(&mut sink, &reason)).await;
+            let drained = tokio::time::timeout_at(
+                deadline,
+                Box::pin(drain(&mut sink, &mut outbox, &mut written)),
+            )
+            .await;
+            if drained.is_err() {
+                tracing::warn!("drain timeout: closing with messages still queued");
+            }
+            closer.close(CloseReason::Shutdown);
+            Box::pin(send_close(&mut sink, &CloseReason::Shutdown)).await;
+        } else {
+            let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+            if !reason.discards_queue() {
+                let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+                let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
+                let _ = tokio::time::timeout_at(deadline, drain).await;
+            }
+            if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
+                Box::pin(send_close(&mut sink, &reason)).await;
+            }
         }
     }
 }
