@@ -340,7 +340,7 @@ pub(crate) async fn server_socket(
 
 /// tungstenite's read buffer per connection: a few small frames. Bigger
 /// frames grow it as needed.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 256;
 
 /// A session accepted by the handshake, waiting for hyper to hand over the
 /// upgraded connection.
