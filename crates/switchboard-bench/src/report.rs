@@ -256,12 +256,21 @@ pub fn targets(records: &[Value], target: &str) -> String {
     let under = mine("rtt", "under_dm");
     let p99 = under.and_then(|r| f(r, "p99_us"));
     let load = under.and_then(|r| f(r, "dm_rate"));
+    // The target names a load of 1M msg/s: below it, a p99 within 2 ms does
+    // not count as met.
+    let rtt_verdict = match (p99, load) {
+        (Some(p99), Some(load)) if load < 1e6 && p99 <= 2000.0 => {
+            "not reached: p99 within 2 ms, but the load is below 1M msg/s"
+        }
+        (Some(p99), Some(load)) if load < 1e6 && p99 > 2000.0 => {
+            "**not met** (and the load is below 1M msg/s)"
+        }
+        _ => verdict(p99.map(|x| x <= 2000.0)),
+    };
     out.push_str(&format!(
-        "| rtt p99 ≤ 2 ms under a dm load of ≥ 1M msg/s | p99 {} µs under {} msg/s | {}{} |\n",
+        "| rtt p99 ≤ 2 ms under a dm load of ≥ 1M msg/s | p99 {} µs under {} msg/s | {rtt_verdict} |\n",
         num(p99),
         num(load),
-        verdict(p99.map(|x| x <= 2000.0)),
-        if load.is_some_and(|l| l < 1e6) { " (load below 1M msg/s)" } else { "" }
     ));
     let alone = mine("rtt", "alone").and_then(|r| f(r, "p50_us"));
     let with_idle = mine("rtt", "with_idle").and_then(|r| f(r, "p50_us"));

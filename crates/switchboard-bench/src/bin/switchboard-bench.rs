@@ -127,7 +127,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!("{}", report::markdown(&records));
-        println!("### Targets\n\n{}", report::targets(&records, against));
+        // The default, and its `-ephemeral` run if there is one: the issue
+        // asks for both modes.
+        for label in [against.clone(), format!("{against}-ephemeral")] {
+            if records.iter().any(|r| r["target"] == label.as_str()) {
+                println!("### Targets: `{label}`\n\n{}", report::targets(&records, &label));
+            }
+        }
         return Ok(());
     }
     let kind = cli.kind.unwrap_or(if cli.raw { Kind::Raw } else { Kind::Switchboard });

@@ -18,12 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::v1::{Limits, Reply, PROTOCOL_VERSION};
 use switchboard_protocol::{NameError, SUBPROTOCOL_V1};
 use tokio_tungstenite::WebSocketStream;
-use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tungstenite::handshake::derive_accept_key;
@@ -370,13 +370,8 @@ impl SessionStart {
     async fn run(self: Box<Self>, upgraded: hyper::upgrade::Upgraded) {
         let socket = server_socket(upgraded, self.max_message_bytes).await;
         let start = *self;
-        let run = session::run(
-            socket,
-            start.registration,
-            start.outbox,
-            start.settings,
-            start.shutdown,
-        );
+        let run =
+            session::run(socket, start.registration, start.outbox, start.settings, start.shutdown);
         let admission = start.admission;
         match start.watch.needed() {
             None => {
