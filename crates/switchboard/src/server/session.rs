@@ -419,6 +419,7 @@ impl Written {
 /// an `async fn`: an async fn's future stores its arguments twice (once as
 /// passed, once moved into the body), and this future lives as long as the
 /// connection (issue 6, idle memory).
+#[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
 fn write_loop<S>(
     mut sink: Sink<S>,
     mut outbox: OutboxReceiver,
