@@ -15,6 +15,8 @@
 //! - [`store`]: the durable store (issue 7): inboxes and room history in
 //!   an embedded SQLite database, written by one group-commit thread, or
 //!   in the cluster's Redis in cluster mode.
+//! - [`idle`]: what the crate's threads do when they run out of work
+//!   (the binary hands freed memory back to the OS).
 //! - [`redis_keys`]: every Redis key and channel of the bus and the store.
 //! - wire shapes live in the `switchboard-protocol` crate; the async client
 //!   in `switchboard-client`.
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod hub;
+pub mod idle;
 pub mod redis_keys;
 pub mod server;
 pub mod store;

@@ -231,8 +231,10 @@ fn main() -> ExitCode {
 /// one frame and one `write` each, where the multi-threaded worker's bounded
 /// local queue lets more broadcasts queue up per writer first.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    switchboard::idle::set_thread_idle_hook(return_freed_memory);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(switchboard::idle::thread_idle)
         .build()
         .context("cannot start the async runtime")
 }
@@ -246,26 +248,52 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     let config = args.into_config()?;
     runtime()?.block_on(async move {
-        tokio::spawn(return_freed_memory());
+        tokio::spawn(tick_idle_hook());
         let listener = switchboard::server::bind(config.listen, config.backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         switchboard::server::run(listener, config, shutdown_signal()).await.context("server failed")
     })
 }
 
-/// Once a second, asks mimalloc to give the runtime thread's freed pages
-/// back to the OS. mimalloc purges lazily, on later allocator calls: after a
-/// burst of handshakes (hyper's 8 KiB-plus buffers each) a server that then
-/// goes quiet would keep that memory resident indefinitely. Purging on every
-/// free instead (`MIMALLOC_PURGE_DELAY=0`) cost 15-35% of DM throughput;
-/// this costs one heap walk per second. It trims the heap of the worker
-/// that runs it: with one core (the benchmarks' setup), all of the routing
-/// memory; with several, one worker's share.
-async fn return_freed_memory() {
+/// Wakes a runtime worker once a second, so that the idle hook runs (on
+/// that worker, and on its next park) even when no client is active: a
+/// worker whose last park came too soon after the previous collect would
+/// otherwise sleep with a burst's garbage resident until the next event.
+async fn tick_idle_hook() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        return_freed_memory();
+    }
+}
+
+/// What an idle thread does (`switchboard::idle`): at most once a second,
+/// asks mimalloc to give the thread's freed pages back to the OS.
+///
+/// mimalloc purges lazily, on later allocator calls: after a burst of
+/// handshakes (hyper's 8 KiB-plus buffers each) a thread that then goes
+/// quiet would keep that memory resident indefinitely. Purging on every
+/// free instead (`MIMALLOC_PURGE_DELAY=0`) cost 15-35% of DM throughput.
+/// This runs when a runtime worker parks (every worker, whichever runs
+/// the sessions) and when the store's writer thread has waited a second
+/// for work; a thread that stays busy never parks, and mimalloc purges its
+/// pages on its own as it allocates.
+fn return_freed_memory() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| {
+        let due = last.get().is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
         // SAFETY: mi_collect takes no pointers; it only walks and trims the
         // calling thread's own heap, which mimalloc allows at any time.
         unsafe { libmimalloc_sys::mi_collect(false) };

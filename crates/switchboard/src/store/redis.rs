@@ -38,6 +38,7 @@ use bytes::Bytes;
 use redis::{Client, Connection, Value};
 
 use super::{Histories, RouteDone};
+use crate::idle;
 use crate::redis_keys::{
     bytes_key, inbox_key, name_key, room_key, rseq_key, sent_key, seq_key, NODE_PREFIX,
     ROOM_CHANNEL, ROOM_PREFIX,
@@ -359,23 +360,25 @@ impl Worker {
     pub(super) fn run(mut self) {
         let max_batch = self.config.max_batch.max(1);
         loop {
-            let first = match self.carry.deadline() {
-                Some(deadline) => {
-                    match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(cmd) => Some(cmd),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
+            // Wakes at least every IDLE_AFTER, so that an idle writer thread
+            // gets to hand its freed memory back (see `crate::idle`).
+            let wait = self.carry.deadline().map_or(idle::IDLE_AFTER, |deadline| {
+                deadline.saturating_duration_since(Instant::now()).min(idle::IDLE_AFTER)
+            });
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(cmd) => Some(cmd),
+                Err(RecvTimeoutError::Timeout) => {
+                    idle::thread_idle();
+                    None
                 }
-                None => match self.rx.recv() {
-                    Ok(cmd) => Some(cmd),
-                    Err(_) => break,
-                },
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             let Some(mut cmd) = first else {
                 // Carried appends came of age: write them.
-                let ok = self.apply(Vec::new(), true);
-                self.failed |= !ok;
+                if self.carry.deadline().is_some_and(|deadline| deadline <= Instant::now()) {
+                    let ok = self.apply(Vec::new(), true);
+                    self.failed |= !ok;
+                }
                 continue;
             };
             let mut items = Vec::new();

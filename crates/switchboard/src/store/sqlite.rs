@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rusqlite::{params, Connection, TransactionBehavior};
 
+use crate::idle;
+
 use super::{
     Cmd, Completion, Entry, InboxStats, Name, NameState, Op, Read, Receipt, Record, RecordKind,
     RoomRecord, RouteOutcome, Shared, Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
@@ -281,9 +283,15 @@ impl Worker {
             if let Some(deadline) = self.carry.deadline() {
                 wake = wake.min(deadline);
             }
-            let first = match self.rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            // Wakes at least every IDLE_AFTER, so that an idle writer thread
+            // gets to hand its freed memory back (see `crate::idle`).
+            let wait = wake.saturating_duration_since(Instant::now()).min(idle::IDLE_AFTER);
+            let first = match self.rx.recv_timeout(wait) {
                 Ok(cmd) => Some(cmd),
-                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Timeout) => {
+                    idle::thread_idle();
+                    None
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             if last_sweep.elapsed() >= SWEEP_INTERVAL {

@@ -445,3 +445,26 @@ fn a_data_dir_the_store_creates_is_private() {
     let mode = std::fs::metadata(&cfg.data_dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 }
+
+/// The writer thread of an idle store calls the idle hook, so that the
+/// binary can hand the thread's freed memory back (`crate::idle`). The
+/// hook is process-wide: this is the only test that sets it.
+#[test]
+fn an_idle_writer_thread_calls_the_idle_hook() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static STORE_THREAD_CALLS: AtomicU32 = AtomicU32::new(0);
+    fn hook() {
+        if std::thread::current().name().is_some_and(|name| name == "switchboard-store") {
+            STORE_THREAD_CALLS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    assert!(crate::idle::set_thread_idle_hook(hook), "another test set the idle hook");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _snapshot, _recorder) = open(config(dir.path()));
+    let deadline = std::time::Instant::now() + crate::idle::IDLE_AFTER * 5;
+    while STORE_THREAD_CALLS.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle store never called the hook");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(store);
+}
