@@ -816,3 +816,25 @@ fn op_cost(op: &Op) -> usize {
         Op::Barrier => 0,
     }
 }
+
+/// The writer thread's wait for its next command, shared by both stores:
+/// until `deadline` (carried appends coming of age) and at most
+/// [`crate::idle::IDLE_AFTER`], so that an idle writer gets to hand its
+/// freed memory back ([`crate::idle::thread_idle`], called on a timeout).
+/// `Ok(None)` on a timeout; `Err` once every handle is gone.
+fn next_command(
+    rx: &mpsc::Receiver<Cmd>,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<Cmd>, mpsc::RecvTimeoutError> {
+    let wait = deadline.map_or(crate::idle::IDLE_AFTER, |deadline| {
+        deadline.saturating_duration_since(std::time::Instant::now()).min(crate::idle::IDLE_AFTER)
+    });
+    match rx.recv_timeout(wait) {
+        Ok(cmd) => Ok(Some(cmd)),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            crate::idle::thread_idle();
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}

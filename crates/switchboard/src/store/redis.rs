@@ -30,15 +30,14 @@
 //! (`appendonly`, `appendfsync`) decides what survives a Redis crash; see
 //! docs/durability.md. Room history stays in each node's memory.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redis::{Client, Connection, Value};
 
-use super::{Histories, RouteDone};
-use crate::idle;
+use super::{next_command, Histories, RouteDone};
 use crate::redis_keys::{
     bytes_key, inbox_key, name_key, room_key, rseq_key, sent_key, seq_key, NODE_PREFIX,
     ROOM_CHANNEL, ROOM_PREFIX,
@@ -360,19 +359,7 @@ impl Worker {
     pub(super) fn run(mut self) {
         let max_batch = self.config.max_batch.max(1);
         loop {
-            // Wakes at least every IDLE_AFTER, so that an idle writer thread
-            // gets to hand its freed memory back (see `crate::idle`).
-            let wait = self.carry.deadline().map_or(idle::IDLE_AFTER, |deadline| {
-                deadline.saturating_duration_since(Instant::now()).min(idle::IDLE_AFTER)
-            });
-            let first = match self.rx.recv_timeout(wait) {
-                Ok(cmd) => Some(cmd),
-                Err(RecvTimeoutError::Timeout) => {
-                    idle::thread_idle();
-                    None
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+            let Ok(first) = next_command(&self.rx, self.carry.deadline()) else { break };
             let Some(mut cmd) = first else {
                 // Carried appends came of age: write them.
                 if self.carry.deadline().is_some_and(|deadline| deadline <= Instant::now()) {

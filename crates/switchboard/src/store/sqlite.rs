@@ -6,18 +6,17 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use crate::idle;
-
 use super::{
-    Cmd, Completion, Entry, InboxStats, Name, NameState, Op, Read, Receipt, Record, RecordKind,
-    RoomRecord, RouteOutcome, Shared, Snapshot, StoreConfig, StoreError, StoreListener, SyncPolicy,
+    next_command, Cmd, Completion, Entry, InboxStats, Name, NameState, Op, Read, Receipt, Record,
+    RecordKind, RoomRecord, RouteOutcome, Shared, Snapshot, StoreConfig, StoreError, StoreListener,
+    SyncPolicy,
 };
 
 /// `PRAGMA user_version` of the schema below; a newer file is refused.
@@ -283,17 +282,7 @@ impl Worker {
             if let Some(deadline) = self.carry.deadline() {
                 wake = wake.min(deadline);
             }
-            // Wakes at least every IDLE_AFTER, so that an idle writer thread
-            // gets to hand its freed memory back (see `crate::idle`).
-            let wait = wake.saturating_duration_since(Instant::now()).min(idle::IDLE_AFTER);
-            let first = match self.rx.recv_timeout(wait) {
-                Ok(cmd) => Some(cmd),
-                Err(RecvTimeoutError::Timeout) => {
-                    idle::thread_idle();
-                    None
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+            let Ok(first) = next_command(&self.rx, Some(wake)) else { break };
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 self.sweep();
                 last_sweep = Instant::now();
