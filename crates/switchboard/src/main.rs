@@ -249,9 +249,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     runtime()?.block_on(async move {
         tokio::spawn(tick_idle_hook());
+        let shutdown = shutdown_signal()?;
         let listener = switchboard::server::bind(config.listen, config.backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        switchboard::server::run(listener, config, shutdown_signal()).await.context("server failed")
+        switchboard::server::run(listener, config, shutdown).await.context("server failed")
     })
 }
 
@@ -304,24 +305,30 @@ fn connect(args: switchboard::cli::ConnectArgs) -> anyhow::Result<()> {
     runtime()?.block_on(switchboard::cli::run(args))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that
+/// resolves on either.
+///
+/// Installed before the server binds, not on the future's first poll: the
+/// server announces its address before it first polls this future, and a
+/// signal arriving in between would kill the process the default way, with
+/// no close frame for the clients already connected.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -205,6 +205,9 @@ where
     // close frame. Boxed, like the other cold-path futures here, so that the
     // session's task stays small while it is idle (issue 6).
     let mut linger: Option<Pin<Box<Sleep>>> = None;
+    // Set while shutting down until the writer has drained: then the
+    // linger, sized for the whole drain, shrinks to the close handshake's.
+    let mut draining = false;
     // Created once, not per frame. They are polled only when the socket has
     // nothing ready, to register for the wake-up; while frames flow, the
     // close signal is read from its atomic flag per frame and shutdown every
@@ -251,7 +254,13 @@ where
             } else if shutting_down {
                 // The writer drains and sends 1001; keep reading for the reply.
                 linger = Some(Box::pin(tokio::time::sleep(settings.drain_timeout + CLOSE_LINGER)));
+                draining = true;
             }
+        } else if draining && closer.is_closed() {
+            // The writer has drained and is sending 1001: a peer that does
+            // not answer holds the connection only as long as any close.
+            draining = false;
+            linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
         }
         let frame = tokio::select! {
             biased;
@@ -260,7 +269,7 @@ where
             }
             frame = stream.next() => frame,
             // Reached only when no frame is ready; the checks above then act.
-            () = closed.as_mut(), if linger.is_none() => continue,
+            () = closed.as_mut(), if linger.is_none() || draining => continue,
             () = cancelled.as_mut(), if linger.is_none() => {
                 until_shutdown_check = 1;
                 continue;
