@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::message::Message;
 use super::CloseReason;
@@ -87,8 +86,6 @@ pub struct Outbox {
 struct OutboxShared {
     /// Items pushed and not yet taken by the writer, with their cost.
     items: Mutex<VecDeque<(Outgoing, usize)>>,
-    /// Wakes the writer; a push with nobody waiting leaves a permit.
-    ready: Notify,
     /// Live [`Outbox`] handles: when the last one goes, `recv` ends.
     senders: AtomicUsize,
     /// The receiver is gone: pushes fail.
@@ -97,8 +94,9 @@ struct OutboxShared {
     queued: AtomicUsize,
     /// The most bytes that may be queued.
     limit: usize,
-    /// Closes the session; see [`Closer`].
-    closer: Arc<Closer>,
+    /// Closes the session and wakes its tasks; see [`Closer`]. Inline, not
+    /// behind an `Arc` of its own: one allocation less per client (issue 6).
+    closer: Closer,
 }
 
 impl OutboxShared {
@@ -125,7 +123,7 @@ impl Clone for Outbox {
 impl Drop for Outbox {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.ready.notify_one();
+            self.shared.closer.ready.notify_one();
         }
     }
 }
@@ -151,12 +149,11 @@ pub enum PushError {
 pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(OutboxShared {
         items: Mutex::new(VecDeque::new()),
-        ready: Notify::new(),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
         queued: AtomicUsize::new(0),
         limit,
-        closer: Arc::default(),
+        closer: Closer::default(),
     });
     (Outbox { shared: shared.clone() }, OutboxReceiver { shared, taken: VecDeque::new() })
 }
@@ -184,7 +181,7 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         self.shared.items().push_back((item, cost));
-        self.shared.ready.notify_one();
+        self.shared.closer.ready.notify_one();
         Ok(())
     }
 
@@ -194,7 +191,7 @@ impl Outbox {
     }
 
     /// The session's close signal.
-    pub fn closer(&self) -> &Arc<Closer> {
+    pub fn closer(&self) -> &Closer {
         &self.shared.closer
     }
 }
@@ -206,12 +203,16 @@ impl OutboxReceiver {
             if let Some(item) = self.try_recv() {
                 return Some(item);
             }
+            if self.shared.closer.is_closed() {
+                return None;
+            }
             if self.shared.senders.load(Ordering::Acquire) == 0 {
                 // A last push may have raced the last drop.
                 return self.try_recv();
             }
-            // A push after the check above left a permit: no lost wake-up.
-            self.shared.ready.notified().await;
+            // A push or a close after the checks above left a permit: no
+            // lost wake-up.
+            self.shared.closer.ready.notified().await;
         }
     }
 
@@ -244,7 +245,7 @@ impl OutboxReceiver {
     }
 
     /// The session's close signal.
-    pub fn closer(&self) -> &Arc<Closer> {
+    pub fn closer(&self) -> &Closer {
         &self.shared.closer
     }
 }
@@ -254,13 +255,19 @@ impl OutboxReceiver {
 /// The first reason wins: a client kicked while overflowing is reported as
 /// whichever happened first.
 ///
-/// [`Closer::is_closed`] is one atomic load (every push checks it); the
-/// cancellation token is only there to wake whoever awaits [`Closer::closed`].
+/// [`Closer::is_closed`] is one atomic load (every push checks it). Two
+/// wake-ups, no allocation: a close wakes whoever awaits [`Closer::closed`]
+/// (the reader) and the writer waiting in [`OutboxReceiver::recv`], which
+/// then returns `None`.
 #[derive(Debug, Default)]
 pub struct Closer {
     reason: OnceLock<CloseReason>,
     closed: AtomicBool,
-    token: CancellationToken,
+    /// Wakes the awaiters of [`Closer::closed`].
+    closing: Notify,
+    /// Wakes the writer: a push, the last sender gone, or the close. A
+    /// wake-up with nobody waiting leaves a permit.
+    ready: Notify,
 }
 
 impl Closer {
@@ -268,7 +275,8 @@ impl Closer {
     pub fn close(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
             self.closed.store(true, Ordering::Release);
-            self.token.cancel();
+            self.closing.notify_waiters();
+            self.ready.notify_one();
         }
     }
 
@@ -284,7 +292,15 @@ impl Closer {
 
     /// Resolves when the session is asked to close.
     pub async fn closed(&self) {
-        self.token.cancelled().await
+        loop {
+            let mut notified = std::pin::pin!(self.closing.notified());
+            // Registered before the check, so a close in between still wakes it.
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

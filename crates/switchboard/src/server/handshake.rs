@@ -263,7 +263,7 @@ async fn accept<B>(
     let start = Box::new(SessionStart {
         registration,
         outbox,
-        settings: SessionSettings::from_config(&ctx.config),
+        settings: ctx.session_settings.clone(),
         shutdown: ctx.shutdown.clone(),
         watch,
         admission,
@@ -347,7 +347,7 @@ const READ_BUFFER_BYTES: usize = 256;
 struct SessionStart {
     registration: Registration,
     outbox: OutboxReceiver,
-    settings: SessionSettings,
+    settings: Arc<SessionSettings>,
     shutdown: CancellationToken,
     watch: Watch,
     /// Holds the client's place under the connection caps until the end.

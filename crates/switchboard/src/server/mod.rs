@@ -53,6 +53,8 @@ pub(crate) struct Context {
     pub(crate) tracker: TaskTracker,
     /// Access control (issue 5): tokens, origins, forwarded addresses, caps.
     pub(crate) access: auth::Access,
+    /// One copy for every session, not one per session (issue 6, idle memory).
+    pub(crate) session_settings: Arc<session::SessionSettings>,
 }
 
 /// Binds `addr` with the configured accept backlog, so a burst of connects
@@ -149,9 +151,11 @@ pub async fn run_with_hub(
         }
         None => None,
     };
+    let session_settings = Arc::new(session::SessionSettings::from_config(&config));
     let ctx = Arc::new(Context {
         hub,
         config,
+        session_settings,
         shutdown: token.clone(),
         tracker: tracker.clone(),
         access,

@@ -138,7 +138,7 @@ pub(crate) fn run<S>(
     socket: WebSocketStream<S>,
     mut registration: Registration,
     outbox: OutboxReceiver,
-    settings: SessionSettings,
+    settings: Arc<SessionSettings>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -433,7 +433,7 @@ fn write_loop<S>(
     mut sink: Sink<S>,
     mut outbox: OutboxReceiver,
     mut written: Written,
-    settings: SessionSettings,
+    settings: Arc<SessionSettings>,
     activity: Arc<Activity>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send
@@ -446,11 +446,13 @@ where
         let mut keepalive = tokio::time::interval(check_every);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pinged = false;
-        let closer = outbox.closer().clone();
-        // Created once, not per batch: each fires at most once and ends the
-        // loop. As in the reader, they are polled only when there is nothing to
-        // write; while batches flow, the flags are checked instead.
-        let mut closed = std::pin::pin!(closer.closed());
+        // A handle of its own: the batch borrows `written` mutably.
+        let client = written.client.clone();
+        let closer = client.outbox().closer();
+        // Created once, not per batch: it fires at most once and ends the
+        // loop. As in the reader, it is polled only when there is nothing to
+        // write; while batches flow, the flag is checked instead. A close
+        // wakes the writer through `recv`, which then returns `None`.
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
         let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
         let mut gathering = 0u32;
@@ -484,15 +486,23 @@ where
             tokio::select! {
                 biased;
                 item = outbox.recv() => {
-                    let Some(item) = item else { return };
-                    let result = tokio::select! {
-                        biased;
-                        // Boxed: a batch is one allocation, and an idle
-                        // session's task does not carry the batch's state.
-                        result = Box::pin(write_batch(&mut sink, &mut outbox, item, &mut written)) => result,
-                        // Reached only while the socket does not take the batch.
-                        () = closed.as_mut() => break 'run false,
+                    let Some(item) = item else {
+                        if closer.is_closed() {
+                            break 'run false;
+                        }
+                        return;
                     };
+                    // Boxed: a batch is one allocation, and an idle session's
+                    // task does not carry the batch's state (issue 6).
+                    let batch = Box::pin(async {
+                        tokio::select! {
+                            biased;
+                            result = write_batch(&mut sink, &mut outbox, item, &mut written) => Some(result),
+                            // Reached only while the socket does not take the batch.
+                            () = closer.closed() => None,
+                        }
+                    });
+                    let Some(result) = batch.await else { break 'run false };
                     match result {
                         Err(reason) => {
                             closer.close(reason);
@@ -502,7 +512,6 @@ where
                         Ok(Next::Write) => {}
                     }
                 }
-                () = closed.as_mut() => break 'run false,
                 () = cancelled.as_mut() => break 'run true,
                 _ = keepalive.tick() => {
                     // A flow that stopped stops counting as busy by the next
