@@ -48,7 +48,7 @@ use inbox::Inbox;
 pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta};
 pub use event::{EventKind, HubEvent};
 pub use message::{now_ms, Body, Message};
-pub use outbox::{outbox, Closer, Outbox, OutboxReceiver, Outgoing, PushError, Replay};
+pub use outbox::{outbox, CloseStage, Closer, Outbox, OutboxReceiver, Outgoing, PushError, Replay};
 
 /// How many events a slow `/api/events` subscriber may fall behind before it
 /// is told it missed some.
@@ -275,6 +275,9 @@ pub enum RegisterError {
     /// message store is unreachable), so the session would miss messages.
     #[error("{0}")]
     Unavailable(String),
+    /// The hub is shutting down ([`Hub::close_all`] was called).
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// A connected client as the hub sees it; shared by the hub and the session.
@@ -426,6 +429,8 @@ struct State {
     inboxes: HashMap<ClientName, Arc<Inbox>>,
     /// Issue 7: rooms' recent messages, kept after a room empties.
     histories: HashMap<RoomName, durable::RoomHistory>,
+    /// Set by [`Hub::close_all`]: no client registers after it.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -570,6 +575,12 @@ impl Hub {
             let mut state = self.state();
             if state.clients.contains_key(&name) {
                 return Err(RegisterError::NameTaken(name.to_string()));
+            }
+            if state.closed {
+                // The name is not online here: a claim taken for this
+                // session (cluster mode) is this session's to give back.
+                self.bus().release(&name);
+                return Err(RegisterError::ShuttingDown);
             }
             let inbox = self.inbox_for_session(&mut state, &name);
             let client = Arc::new(Client {
@@ -1449,9 +1460,13 @@ impl Hub {
 
     // --- end cluster (issue 8) ------------------------------------------------
 
-    /// Asks every session to close with `reason` (used at shutdown).
+    /// Asks every session to close with `reason`, and refuses registrations
+    /// from now on ([`RegisterError::ShuttingDown`]): the server's shutdown.
+    /// Under the one lock, so that no session slips in between.
     pub fn close_all(&self, reason: CloseReason) {
-        for slot in self.state().clients.values() {
+        let mut state = self.state();
+        state.closed = true;
+        for slot in state.clients.values() {
             slot.client.outbox.closer().close(reason.clone());
         }
     }

@@ -12,7 +12,7 @@
 //! no allocation, and a burst's buffer is freed when the queue runs dry.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -255,34 +255,65 @@ impl OutboxReceiver {
 /// The first reason wins: a client kicked while overflowing is reported as
 /// whichever happened first.
 ///
+/// A close goes through two stages: requested ([`Closer::close`], by
+/// anyone) and finished ([`Closer::finish`], by the writer once it has sent
+/// its close frame or given up). The reader keeps reading for the peer's
+/// answer until a little after the second.
+///
 /// [`Closer::is_closed`] is one atomic load (every push checks it). Two
-/// wake-ups, no allocation: a close wakes whoever awaits [`Closer::closed`]
-/// (the reader) and the writer waiting in [`OutboxReceiver::recv`], which
-/// then returns `None`.
+/// wake-ups, no allocation: a change of stage wakes whoever awaits
+/// [`Closer::reached`] (the reader), and a close also wakes the writer
+/// waiting in [`OutboxReceiver::recv`], which then returns `None`.
 #[derive(Debug, Default)]
 pub struct Closer {
     reason: OnceLock<CloseReason>,
-    closed: AtomicBool,
-    /// Wakes the awaiters of [`Closer::closed`].
-    closing: Notify,
+    /// The [`CloseStage`] reached, as a number (0: open).
+    stage: AtomicU8,
+    /// Wakes the awaiters of [`Closer::reached`].
+    changed: Notify,
     /// Wakes the writer: a push, the last sender gone, or the close. A
     /// wake-up with nobody waiting leaves a permit.
     ready: Notify,
+}
+
+/// How far a session's close has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum CloseStage {
+    /// Someone asked the session to close; the writer is draining.
+    Requested = 1,
+    /// The writer has sent its close frame, or given up on the socket.
+    Finished = 2,
 }
 
 impl Closer {
     /// Asks the session to close with `reason`; later calls are ignored.
     pub fn close(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
-            self.closed.store(true, Ordering::Release);
-            self.closing.notify_waiters();
+            self.advance(CloseStage::Requested);
             self.ready.notify_one();
         }
     }
 
-    /// True once [`Closer::close`] has been called.
+    /// The writer is done: its close frame is sent, or the socket failed.
+    pub fn finish(&self) {
+        self.advance(CloseStage::Finished);
+    }
+
+    fn advance(&self, stage: CloseStage) {
+        if self.stage.fetch_max(stage as u8, Ordering::AcqRel) < stage as u8 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// True once the close is requested (or the writer has finished).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.stage.load(Ordering::Acquire) != 0
+    }
+
+    /// True once `stage` is reached.
+    pub fn has_reached(&self, stage: CloseStage) -> bool {
+        self.stage.load(Ordering::Acquire) >= stage as u8
     }
 
     /// The reason given to the first [`Closer::close`].
@@ -292,11 +323,17 @@ impl Closer {
 
     /// Resolves when the session is asked to close.
     pub async fn closed(&self) {
+        self.reached(CloseStage::Requested).await;
+    }
+
+    /// Resolves once `stage` is reached. One future type for every stage,
+    /// so that a pinned wait can be re-armed for the next one in place.
+    pub async fn reached(&self, stage: CloseStage) {
         loop {
-            let mut notified = std::pin::pin!(self.closing.notified());
-            // Registered before the check, so a close in between still wakes it.
+            let mut notified = std::pin::pin!(self.changed.notified());
+            // Registered before the check, so a change in between still wakes it.
             notified.as_mut().enable();
-            if self.is_closed() {
+            if self.has_reached(stage) {
                 return;
             }
             notified.await;
@@ -350,5 +387,30 @@ mod tests {
         drop(rx);
         assert_eq!(outbox.push(Outgoing::Text("x".into())), Err(PushError::Closed));
         assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_the_writer_and_the_stages_wake_the_reader() {
+        let (outbox, mut rx) = outbox(1 << 20);
+        let closer = &outbox.shared.closer;
+        // A writer waiting for items wakes for the close and sees no item.
+        let (recv, ()) = tokio::join!(rx.recv(), async {
+            tokio::task::yield_now().await;
+            closer.close(CloseReason::Shutdown);
+        });
+        assert!(recv.is_none());
+        assert!(closer.is_closed() && !closer.has_reached(CloseStage::Finished));
+        // Requested is already reached; Finished waits for the writer.
+        closer.reached(CloseStage::Requested).await;
+        let mut finished = std::pin::pin!(closer.reached(CloseStage::Finished));
+        assert!(futures_util::poll!(finished.as_mut()).is_pending());
+        closer.finish();
+        finished.await;
+        // The first reason stays; a finish needs no reason of its own.
+        closer.close(CloseReason::KeepaliveTimeout);
+        assert!(matches!(closer.reason(), Some(CloseReason::Shutdown)));
+        let (other, _rx) = super::outbox(1);
+        other.closer().finish();
+        assert!(other.closer().is_closed() && other.closer().reason().is_none());
     }
 }

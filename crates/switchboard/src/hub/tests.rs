@@ -35,6 +35,25 @@ fn names_are_unique_and_freed_on_leave() {
 }
 
 #[test]
+fn close_all_closes_every_client_and_refuses_new_ones() {
+    let hub = Hub::new(HubLimits::default());
+    let (alice, _a) = join(&hub, "alice");
+    hub.close_all(CloseReason::Shutdown);
+    assert!(matches!(alice.client().outbox().closer().reason(), Some(CloseReason::Shutdown)));
+    let bob = hub.client_name("bob").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hub.register(bob, addr(), Protocol::V1).map(|_| ()).unwrap_err(),
+        RegisterError::ShuttingDown
+    );
+    // A name still online is reported as taken, as before.
+    let alice_again = hub.client_name("alice").unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        hub.register(alice_again, addr(), Protocol::V1).map(|_| ()),
+        Err(RegisterError::NameTaken(_))
+    ));
+}
+
+#[test]
 fn direct_messages_carry_the_real_sender_in_order() {
     let hub = Hub::new(HubLimits::default());
     let (alice, _a) = join(&hub, "alice");

@@ -24,7 +24,6 @@ use hyper_util::rt::TokioIo;
 use switchboard_protocol::v1::{Limits, Reply, PROTOCOL_VERSION};
 use switchboard_protocol::{NameError, SUBPROTOCOL_V1};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -78,9 +77,9 @@ impl IntoResponse for HandshakeError {
             | HandshakeError::InvalidResume(_) => StatusCode::BAD_REQUEST,
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NameTaken(RegisterError::NameTaken(_)) => StatusCode::CONFLICT,
-            HandshakeError::NameTaken(RegisterError::Unavailable(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            HandshakeError::NameTaken(
+                RegisterError::Unavailable(_) | RegisterError::ShuttingDown,
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HandshakeError::OriginRefused(_) => StatusCode::FORBIDDEN,
             HandshakeError::Capped(CapError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -239,7 +238,8 @@ async fn accept<B>(
     };
     // Cluster mode (issue 8): claim the name on every node first, so a name
     // online on another node gets 409 too. Immediately before registering,
-    // so no refusal can come between the two and leave the claim dangling.
+    // so no refusal can come between the two and leave the claim dangling
+    // (a refusal at shutdown gives the claim back).
     ctx.hub.claim(&name).await.map_err(HandshakeError::NameTaken)?;
     let (registration, outbox) = ctx
         .hub
@@ -264,7 +264,6 @@ async fn accept<B>(
         registration,
         outbox,
         settings: ctx.session_settings.clone(),
-        shutdown: ctx.shutdown.clone(),
         watch,
         admission,
         max_message_bytes: ctx.config.max_message_bytes,
@@ -348,7 +347,6 @@ struct SessionStart {
     registration: Registration,
     outbox: OutboxReceiver,
     settings: Arc<SessionSettings>,
-    shutdown: CancellationToken,
     watch: Watch,
     /// Holds the client's place under the connection caps until the end.
     admission: Admission,
@@ -370,8 +368,7 @@ impl SessionStart {
     async fn run(self: Box<Self>, upgraded: hyper::upgrade::Upgraded) {
         let socket = server_socket(upgraded, self.max_message_bytes).await;
         let start = *self;
-        let run =
-            session::run(socket, start.registration, start.outbox, start.settings, start.shutdown);
+        let run = session::run(socket, start.registration, start.outbox, start.settings);
         let admission = start.admission;
         match start.watch.needed() {
             None => {

@@ -42,7 +42,7 @@ pub use auth::{AccessError, AuthError, CapError};
 pub use handshake::HandshakeError;
 
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{CloseReason, Hub};
 
 /// Shared by every handler: the hub, the configuration and the shutdown wiring.
 #[derive(Debug)]
@@ -170,6 +170,9 @@ pub async fn run_with_hub(
     }
     tracing::info!("shutting down: flushing queues and closing sessions with 1001");
     token.cancel();
+    // Sessions learn of the shutdown through their close signal, like any
+    // other close; registrations are refused from here on.
+    ctx.hub.close_all(CloseReason::Shutdown);
     tracker.close();
     // Sessions drain within `drain`, then wait briefly for the close handshake.
     if tokio::time::timeout(drain + Duration::from_secs(3), tracker.wait()).await.is_err() {

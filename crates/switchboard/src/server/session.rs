@@ -11,20 +11,22 @@
 //! ```
 //!
 //! Either side can end the session through the client's [`Closer`]; the
-//! writer is the only one that sends the close frame. On shutdown the writer
-//! flushes what is queued (bounded by the drain timeout) and closes with 1001.
+//! writer is the only one that sends the close frame. Shutdown comes the
+//! same way (the server closes every client with
+//! [`CloseReason::Shutdown`]): the writer flushes what is queued (bounded by
+//! the drain timeout) and closes with 1001, and the reader reads on for the
+//! peer's answer until shortly after the writer has finished.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use switchboard_protocol::close;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message as Frame, Utf8Bytes};
@@ -35,8 +37,8 @@ use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
 use crate::hub::rate::TokenBucket;
 use crate::hub::{
-    entry_message, Client, CloseReason, Hub, OutboxReceiver, Outgoing, Protocol, Registration,
-    Replay,
+    entry_message, Client, CloseReason, CloseStage, Hub, OutboxReceiver, Outgoing, Protocol,
+    Registration, Replay,
 };
 
 /// How long the reader waits for the client's close frame after ours.
@@ -62,10 +64,6 @@ const GATHER_TURNS: u32 = 16;
 
 /// A busy writer stops gathering once this many bytes are queued.
 const GATHER_BYTES: usize = 64 * 1024;
-
-/// While frames flow, shutdown is checked once per this many frames (reader)
-/// or write batches (writer); see `read_loop`.
-const SIGNAL_CHECK_EVERY: u32 = 64;
 
 /// The slice of configuration a session needs.
 #[derive(Debug, Clone)]
@@ -139,7 +137,6 @@ pub(crate) fn run<S>(
     mut registration: Registration,
     outbox: OutboxReceiver,
     settings: Arc<SessionSettings>,
-    shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -149,23 +146,26 @@ where
     let activity = Arc::new(Activity::new());
     metrics::global().connected();
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        outbox,
-        Written {
-            hub: hub.clone(),
-            client: client.clone(),
-            stored_upto: 0,
-            busy: contention::Busy::default(),
-        },
-        settings.clone(),
-        activity.clone(),
-        shutdown.clone(),
-    ));
+    let finished = client.clone();
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            outbox,
+            Written {
+                hub: hub.clone(),
+                client: client.clone(),
+                stored_upto: 0,
+                busy: contention::Busy::default(),
+            },
+            settings.clone(),
+            activity.clone(),
+        )
+        // However the writer ends, the reader stops waiting for it.
+        .map(move |()| finished.outbox().closer().finish()),
+    );
     async move {
         let reason =
-            read_loop(stream, &mut registration, &hub, &client, &settings, &activity, &shutdown)
-                .await;
+            read_loop(stream, &mut registration, &hub, &client, &settings, &activity).await;
         client.outbox().closer().close(reason);
         let reason = client
             .outbox()
@@ -186,7 +186,6 @@ async fn read_loop<S>(
     client: &Arc<Client>,
     settings: &SessionSettings,
     activity: &Activity,
-    shutdown: &CancellationToken,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -205,16 +204,16 @@ where
     // close frame. Boxed, like the other cold-path futures here, so that the
     // session's task stays small while it is idle (issue 6).
     let mut linger: Option<Pin<Box<Sleep>>> = None;
-    // Set while shutting down until the writer has drained: then the
-    // linger, sized for the whole drain, shrinks to the close handshake's.
+    // Set while the writer drains before its close frame (a shutdown, a
+    // kick): the linger, sized for the whole drain, then shrinks to the
+    // close handshake's once the writer has finished.
     let mut draining = false;
-    // Created once, not per frame. They are polled only when the socket has
-    // nothing ready, to register for the wake-up; while frames flow, the
-    // close signal is read from its atomic flag per frame and shutdown every
-    // SIGNAL_CHECK_EVERY frames (polling the futures takes a mutex each).
-    let mut closed = std::pin::pin!(closer.closed());
-    let mut cancelled = std::pin::pin!(shutdown.cancelled());
-    let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
+    // Created once, not per frame, and re-armed in place for the writer's
+    // finish while draining. Polled only when the socket has nothing ready,
+    // to register for the wake-up; while frames flow, the close stage is
+    // read from its atomic per frame (polling the future takes a mutex).
+    // Shutdown comes the same way: the server closes every client.
+    let mut closed = std::pin::pin!(closer.reached(CloseStage::Requested));
     let mut owed_budget = 0usize;
     let mut counts = InCounts::default();
     let mut until_sample = metrics::SAMPLE_EVERY;
@@ -241,24 +240,26 @@ where
             }
         }
         if linger.is_none() {
-            until_shutdown_check -= 1;
-            let shutting_down = until_shutdown_check == 0 && {
-                until_shutdown_check = SIGNAL_CHECK_EVERY;
-                shutdown.is_cancelled()
-            };
             if closer.is_closed() {
                 // Free the name and stop routing to this client now; the
                 // close handshake below only concerns the socket.
                 leave_now(registration);
-                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
-            } else if shutting_down {
-                // The writer drains and sends 1001; keep reading for the reply.
-                linger = Some(Box::pin(tokio::time::sleep(settings.drain_timeout + CLOSE_LINGER)));
-                draining = true;
+                let drains = !closer.has_reached(CloseStage::Finished)
+                    && closer.reason().is_some_and(|reason| !reason.discards_queue());
+                let wait = if drains {
+                    // The writer drains, then sends the close frame; keep
+                    // reading for the reply.
+                    draining = true;
+                    closed.set(closer.reached(CloseStage::Finished));
+                    settings.drain_timeout + CLOSE_LINGER
+                } else {
+                    CLOSE_LINGER
+                };
+                linger = Some(Box::pin(tokio::time::sleep(wait)));
             }
-        } else if draining && closer.is_closed() {
-            // The writer has drained and is sending 1001: a peer that does
-            // not answer holds the connection only as long as any close.
+        } else if draining && closer.has_reached(CloseStage::Finished) {
+            // The writer is done: a peer that does not answer holds the
+            // connection only as long as any close.
             draining = false;
             linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
         }
@@ -270,10 +271,6 @@ where
             frame = stream.next() => frame,
             // Reached only when no frame is ready; the checks above then act.
             () = closed.as_mut(), if linger.is_none() || draining => continue,
-            () = cancelled.as_mut(), if linger.is_none() => {
-                until_shutdown_check = 1;
-                continue;
-            }
         };
         let frame = match frame {
             None => {
@@ -435,7 +432,6 @@ fn write_loop<S>(
     mut written: Written,
     settings: Arc<SessionSettings>,
     activity: Arc<Activity>,
-    shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -449,23 +445,13 @@ where
         // A handle of its own: the batch borrows `written` mutably.
         let client = written.client.clone();
         let closer = client.outbox().closer();
-        // Created once, not per batch: it fires at most once and ends the
-        // loop. As in the reader, it is polled only when there is nothing to
-        // write; while batches flow, the flag is checked instead. A close
-        // wakes the writer through `recv`, which then returns `None`.
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        let mut until_shutdown_check = SIGNAL_CHECK_EVERY;
+        // A close (shutdown included: the server closes every client) wakes
+        // the writer through `recv`, which then returns `None`; while
+        // batches flow, the close flag is checked per batch instead.
         let mut gathering = 0u32;
-        let shutting_down = 'run: loop {
+        'run: loop {
             if closer.is_closed() {
-                break 'run false;
-            }
-            until_shutdown_check -= 1;
-            if until_shutdown_check == 0 {
-                until_shutdown_check = SIGNAL_CHECK_EVERY;
-                if shutdown.is_cancelled() {
-                    break 'run true;
-                }
+                break 'run;
             }
             if gathering > 0 {
                 // A busy writer under contention lets its next batch grow: it
@@ -488,7 +474,7 @@ where
                 item = outbox.recv() => {
                     let Some(item) = item else {
                         if closer.is_closed() {
-                            break 'run false;
+                            break 'run;
                         }
                         return;
                     };
@@ -502,7 +488,7 @@ where
                             () = closer.closed() => None,
                         }
                     });
-                    let Some(result) = batch.await else { break 'run false };
+                    let Some(result) = batch.await else { break 'run };
                     match result {
                         Err(reason) => {
                             closer.close(reason);
@@ -512,7 +498,6 @@ where
                         Ok(Next::Write) => {}
                     }
                 }
-                () = cancelled.as_mut() => break 'run true,
                 _ = keepalive.tick() => {
                     // A flow that stopped stops counting as busy by the next
                     // tick; a busy one is marked again by its next batch.
@@ -531,29 +516,18 @@ where
                     }
                 }
             }
-        };
-        if shutting_down {
+        }
+        let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+        if !reason.discards_queue() {
+            // A shutdown or a kick: what is queued goes out first.
             let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-            let drained = tokio::time::timeout_at(
-                deadline,
-                Box::pin(drain(&mut sink, &mut outbox, &mut written)),
-            )
-            .await;
-            if drained.is_err() {
-                tracing::warn!("drain timeout: closing with messages still queued");
+            let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
+            if tokio::time::timeout_at(deadline, drain).await.is_err() {
+                tracing::warn!(name = %client.name(), "drain timeout: closing with messages still queued");
             }
-            closer.close(CloseReason::Shutdown);
-            Box::pin(send_close(&mut sink, &CloseReason::Shutdown)).await;
-        } else {
-            let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
-            if !reason.discards_queue() {
-                let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-                let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
-                let _ = tokio::time::timeout_at(deadline, drain).await;
-            }
-            if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
-                Box::pin(send_close(&mut sink, &reason)).await;
-            }
+        }
+        if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
+            Box::pin(send_close(&mut sink, &reason)).await;
         }
     }
 }
