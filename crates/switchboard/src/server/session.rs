@@ -37,8 +37,8 @@ use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
 use crate::hub::rate::TokenBucket;
 use crate::hub::{
-    entry_message, Client, CloseReason, CloseStage, Hub, OutboxReceiver, Outgoing, Protocol,
-    Registration, Replay,
+    entry_message, Client, CloseReason, CloseStage, Closer, Hub, OutboxReceiver, Outgoing,
+    Protocol, Registration, Replay,
 };
 
 /// How long the reader waits for the client's close frame after ours.
@@ -408,6 +408,10 @@ struct Written {
 }
 
 impl Written {
+    fn closer(&self) -> &Closer {
+        self.client.outbox().closer()
+    }
+
     fn protocol(&self) -> Protocol {
         self.client.protocol()
     }
@@ -442,15 +446,12 @@ where
         let mut keepalive = tokio::time::interval(check_every);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pinged = false;
-        // A handle of its own: the batch borrows `written` mutably.
-        let client = written.client.clone();
-        let closer = client.outbox().closer();
         // A close (shutdown included: the server closes every client) wakes
         // the writer through `recv`, which then returns `None`; while
         // batches flow, the close flag is checked per batch instead.
         let mut gathering = 0u32;
         'run: loop {
-            if closer.is_closed() {
+            if written.closer().is_closed() {
                 break 'run;
             }
             if gathering > 0 {
@@ -473,25 +474,30 @@ where
                 biased;
                 item = outbox.recv() => {
                     let Some(item) = item else {
-                        if closer.is_closed() {
+                        if written.closer().is_closed() {
                             break 'run;
                         }
                         return;
                     };
                     // Boxed: a batch is one allocation, and an idle session's
-                    // task does not carry the batch's state (issue 6).
-                    let batch = Box::pin(async {
+                    // task does not carry the batch's state (issue 6). The
+                    // batch holds a client handle of its own, for the close
+                    // signal, while it borrows `written` mutably.
+                    let client = written.client.clone();
+                    let borrowed = (&mut sink, &mut outbox, &mut written);
+                    let batch = Box::pin(async move {
+                        let (sink, outbox, written) = borrowed;
                         tokio::select! {
                             biased;
-                            result = write_batch(&mut sink, &mut outbox, item, &mut written) => Some(result),
+                            result = write_batch(sink, outbox, item, written) => Some(result),
                             // Reached only while the socket does not take the batch.
-                            () = closer.closed() => None,
+                            () = client.outbox().closer().closed() => None,
                         }
                     });
                     let Some(result) = batch.await else { break 'run };
                     match result {
                         Err(reason) => {
-                            closer.close(reason);
+                            written.closer().close(reason);
                             return;
                         }
                         Ok(Next::Gather) => gathering = GATHER_TURNS,
@@ -506,24 +512,24 @@ where
                     if idle < settings.ping_interval {
                         pinged = false;
                     } else if idle >= settings.ping_interval + settings.pong_timeout {
-                        closer.close(CloseReason::KeepaliveTimeout);
+                        written.closer().close(CloseReason::KeepaliveTimeout);
                     } else if !pinged {
                         pinged = true;
                         if sink.send(Frame::Ping(Default::default())).await.is_err() {
-                            closer.close(CloseReason::Dropped("ping failed".into()));
+                            written.closer().close(CloseReason::Dropped("ping failed".into()));
                             return;
                         }
                     }
                 }
             }
         }
-        let reason = closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
+        let reason = written.closer().reason().cloned().unwrap_or(CloseReason::Shutdown);
         if !reason.discards_queue() {
             // A shutdown or a kick: what is queued goes out first.
             let deadline = tokio::time::Instant::now() + settings.drain_timeout;
             let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
             if tokio::time::timeout_at(deadline, drain).await.is_err() {
-                tracing::warn!(name = %client.name(), "drain timeout: closing with messages still queued");
+                tracing::warn!(name = %written.client.name(), "drain timeout: closing with messages still queued");
             }
         }
         if !matches!(reason, CloseReason::PeerClosed { .. } | CloseReason::Dropped(_)) {
