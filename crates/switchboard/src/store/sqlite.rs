@@ -46,6 +46,10 @@ const COALESCE: Duration = Duration::from_micros(500);
 /// Most appends carried in memory; beyond, every carried append is written.
 const CARRY_MAX_ENTRIES: usize = 200_000;
 
+/// The carry keeps up to this much spare capacity between batches; more,
+/// left by a burst, goes back to the allocator (issue 6, idle memory).
+const SPARE_CAPACITY: usize = 1024;
+
 /// How long a statement waits for a lock held by another process (the
 /// `sqlite3` CLI inspecting the file) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -671,13 +675,22 @@ fn write_batch(
         }
     }
     pending.retain(|_, list| !list.is_empty());
+    if pending.capacity() > SPARE_CAPACITY && pending.len() * 4 < pending.capacity() {
+        // A burst's high-water mark is not kept for the life of the process.
+        pending.shrink_to(pending.len() * 2);
+    }
     carry.entries = carry.by_name.values().map(Vec::len).sum();
     let later_due = carry.later.first().is_some_and(|(_, at)| {
         all || carry.later.len() > CARRY_MAX_ENTRIES || cutoff.is_some_and(|cutoff| *at <= cutoff)
     });
     if later_due {
         let keep = u64::try_from(room_history).unwrap_or(u64::MAX);
-        for (op, at) in carry.later.drain(..) {
+        let later = std::mem::take(&mut carry.later);
+        if later.capacity() <= SPARE_CAPACITY {
+            // Small: keep the buffer. A burst's (10k connects: ~1 MB) is freed.
+            carry.later = Vec::with_capacity(later.capacity());
+        }
+        for (op, at) in later {
             match op {
                 Op::Touch { name } => {
                     tx.prepare_cached(
