@@ -436,9 +436,54 @@ struct State {
 #[derive(Debug)]
 struct Slot {
     client: Arc<Client>,
-    rooms: BTreeSet<RoomName>,
+    rooms: RoomSet,
     /// Rooms whose presence this client watches.
-    watching: BTreeSet<RoomName>,
+    watching: RoomSet,
+}
+
+/// A set of room names that takes 8 bytes in its [`Slot`] while empty (a
+/// `BTreeSet` takes 24): most clients join no room, and the registry's
+/// table holds a slot per client, and room for more (issue 6, idle memory).
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the box is the point: 8 bytes inline, not 24
+struct RoomSet(Option<Box<BTreeSet<RoomName>>>);
+
+impl RoomSet {
+    fn contains<Q: Ord + ?Sized>(&self, room: &Q) -> bool
+    where
+        RoomName: std::borrow::Borrow<Q>,
+    {
+        self.0.as_ref().is_some_and(|set| set.contains(room))
+    }
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |set| set.len())
+    }
+    fn insert(&mut self, room: RoomName) {
+        self.0.get_or_insert_default().insert(room);
+    }
+    /// True when the room was in the set; the last removal frees the set.
+    fn remove<Q: Ord + ?Sized>(&mut self, room: &Q) -> bool
+    where
+        RoomName: std::borrow::Borrow<Q>,
+    {
+        let Some(set) = &mut self.0 else { return false };
+        let removed = set.remove(room);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+    fn iter(&self) -> impl Iterator<Item = &RoomName> {
+        self.0.iter().flat_map(|set| set.iter())
+    }
+}
+
+impl IntoIterator for RoomSet {
+    type Item = RoomName;
+    type IntoIter = std::iter::Flatten<std::option::IntoIter<BTreeSet<RoomName>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map(|set| *set).into_iter().flatten()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -602,7 +647,11 @@ impl Hub {
             self.go_live(&client, resume);
             state.clients.insert(
                 name.clone(),
-                Slot { client: client.clone(), rooms: BTreeSet::new(), watching: BTreeSet::new() },
+                Slot {
+                    client: client.clone(),
+                    rooms: RoomSet::default(),
+                    watching: RoomSet::default(),
+                },
             );
             let presence = Arc::new(Message::new(Body::Presence {
                 room: None,
@@ -632,7 +681,7 @@ impl Hub {
             let Some(slot) = state.clients.remove(&name) else { return };
             self.go_offline(&mut state, &slot.client);
             state.presence.remove(&name);
-            for room in &slot.watching {
+            for room in slot.watching.iter() {
                 if let Some(entry) = state.rooms.get_mut(room) {
                     entry.watchers.remove(&name);
                 }
@@ -641,7 +690,7 @@ impl Hub {
                 Self::remove_member(&mut state, &room, &name);
                 room_events.push(room);
             }
-            for room in &slot.watching {
+            for room in slot.watching.iter() {
                 if state.rooms.get(room).is_some_and(Room::is_unused) {
                     state.rooms.remove(room);
                 }
