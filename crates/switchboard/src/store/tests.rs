@@ -434,6 +434,36 @@ fn live_appends_are_carried_until_acked_and_never_written() {
     assert_eq!(inserted(&db), [("bob".to_owned(), 3), ("carol".to_owned(), 1)]);
 }
 
+#[test]
+fn a_carried_append_is_written_once_it_comes_of_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let db = audited(&cfg);
+
+    let (store, _, _) = open(cfg.clone());
+    let live = |seq| Op::Append {
+        name: "bob".into(),
+        seq,
+        record: record("live"),
+        client_id: None,
+        receipt: false,
+        live: true,
+    };
+    // The ack empties the carry; the next append starts its age afresh and
+    // nothing but its age writes it (no read, no close, no offline append).
+    store.submit(live(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    store.submit(ack("bob", 1)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    store.submit(live(2)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while inserted(&db).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(inserted(&db), [("bob".to_owned(), 2)]);
+    store.close();
+}
+
 #[cfg(unix)]
 #[test]
 fn a_data_dir_the_store_creates_is_private() {
