@@ -25,6 +25,7 @@
 mod durable;
 mod event;
 mod inbox;
+mod liveness;
 mod message;
 mod outbox;
 pub mod rate;
@@ -47,6 +48,7 @@ use inbox::Inbox;
 
 pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta};
 pub use event::{EventKind, HubEvent};
+pub use liveness::{Keepalive, Liveness};
 pub use message::{now_ms, Body, Message};
 pub use outbox::{outbox, CloseStage, Closer, Outbox, OutboxReceiver, Outgoing, PushError, Replay};
 
@@ -305,9 +307,15 @@ pub struct Client {
     messages_out: AtomicU64,
     /// Rooms the client's access token lets it join (issue 5); unset, any room.
     allowed_rooms: OnceLock<BTreeSet<String>>,
+    /// When it was last heard from; keepalive and contention marks.
+    liveness: Liveness,
 }
 
 impl Client {
+    /// When it was last heard from; keepalive and contention marks.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
     /// The client's name.
     pub fn name(&self) -> &ClientName {
         &self.name
@@ -640,6 +648,7 @@ impl Hub {
                 messages_in: AtomicU64::new(0),
                 messages_out: AtomicU64::new(0),
                 allowed_rooms: OnceLock::new(),
+                liveness: Liveness::new(),
             });
             if let Some(item) = first(&client) {
                 let _ = client.outbox.push(item);
@@ -1508,6 +1517,12 @@ impl Hub {
     }
 
     // --- end cluster (issue 8) ------------------------------------------------
+
+    /// The clients connected to this node, for a sweep over them (the
+    /// keepalive): a snapshot, so that the sweep holds no lock.
+    pub fn local_sessions(&self) -> Vec<Arc<Client>> {
+        self.state().clients.values().map(|slot| slot.client.clone()).collect()
+    }
 
     /// Asks every session to close with `reason`, and refuses registrations
     /// from now on ([`RegisterError::ShuttingDown`]): the server's shutdown.

@@ -57,6 +57,8 @@ pub enum Outgoing {
     Text(String),
     /// A binary frame for this client only.
     Binary(Bytes),
+    /// A WebSocket ping (the keepalive).
+    Ping,
 }
 
 impl Outgoing {
@@ -68,6 +70,7 @@ impl Outgoing {
                 Outgoing::Replay(_) => 0,
                 Outgoing::Text(text) => text.len(),
                 Outgoing::Binary(bytes) => bytes.len(),
+                Outgoing::Ping => 0,
             }
     }
 }

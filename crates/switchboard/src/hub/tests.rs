@@ -18,6 +18,7 @@ fn next_body(rx: &mut OutboxReceiver) -> Option<String> {
         Outgoing::Replay(_) => Some("<replay>".into()),
         Outgoing::Text(text) => Some(text),
         Outgoing::Binary(_) => Some("<binary>".into()),
+        Outgoing::Ping => Some("<ping>".into()),
     }
 }
 

@@ -20,6 +20,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::hub::Liveness;
+
 /// A write batch of at least this many frames marks its writer busy.
 pub(crate) const BUSY_BATCH: usize = 16;
 
@@ -71,39 +73,27 @@ impl Contention {
     }
 }
 
-/// One writer's place in the [`global`] count; it leaves the count when
-/// dropped. One byte, as it lives in every session's writer.
-#[derive(Debug, Default)]
-pub(crate) struct Busy {
-    busy: bool,
+/// Records whether the writer whose client has `liveness` is busy now.
+///
+/// The mark lives in the client's [`Liveness`], where the keepalive
+/// sweeper clears it on its tick (a flow that stopped stops counting) and
+/// the writer clears it when it ends ([`leave`]).
+pub(crate) fn set_busy(liveness: &Liveness, busy: bool) {
+    set_busy_in(global(), liveness, busy);
 }
 
-impl Busy {
-    /// Records whether the writer is busy now.
-    pub(crate) fn set(&mut self, busy: bool) {
-        self.set_in(global(), busy);
-    }
+/// Takes a writer out of the count for good: its session is ending.
+pub(crate) fn leave(liveness: &Liveness) {
+    set_busy(liveness, false);
+}
 
-    fn set_in(&mut self, contention: &Contention, busy: bool) {
-        if busy != self.busy {
-            self.busy = busy;
-            if busy {
-                contention.enter();
-            } else {
-                contention.leave();
-            }
+fn set_busy_in(contention: &Contention, liveness: &Liveness, busy: bool) {
+    if liveness.set_busy(busy) {
+        if busy {
+            contention.enter();
+        } else {
+            contention.leave();
         }
-    }
-
-    /// Whether the writer's last batch was a busy one.
-    pub(crate) fn is_busy(&self) -> bool {
-        self.busy
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.set(false);
     }
 }
 
@@ -114,22 +104,22 @@ mod tests {
     #[test]
     fn turns_shorten_once_enough_writers_are_busy_and_lengthen_when_they_leave() {
         let contention = Contention::default();
-        let mut writers: Vec<Busy> = (0..CONTENDED_AT).map(|_| Busy::default()).collect();
-        for writer in &mut writers[1..] {
-            writer.set_in(&contention, true);
-            writer.set_in(&contention, true); // idempotent
+        let writers: Vec<Liveness> = (0..CONTENDED_AT).map(|_| Liveness::new()).collect();
+        for writer in &writers[1..] {
+            set_busy_in(&contention, writer, true);
+            set_busy_in(&contention, writer, true); // idempotent
         }
         assert!(!contention.contended());
         assert_eq!(contention.budget_per_frame(), BUDGET_PER_FRAME);
 
-        writers[0].set_in(&contention, true);
+        set_busy_in(&contention, &writers[0], true);
         assert!(contention.contended());
         assert_eq!(contention.budget_per_frame(), BUDGET_PER_FRAME_CONTENDED);
 
-        writers[0].set_in(&contention, false);
+        set_busy_in(&contention, &writers[0], false);
         assert!(!contention.contended());
-        for writer in &mut writers {
-            writer.set_in(&contention, false);
+        for writer in &writers {
+            set_busy_in(&contention, writer, false);
         }
         assert_eq!(contention.busy_writers.load(Ordering::Relaxed), 0);
     }
@@ -139,10 +129,11 @@ mod tests {
         // Only this test touches the global count while busy; others in
         // the process may run sessions, so compare against a baseline.
         let before = global().busy_writers.load(Ordering::Relaxed);
-        let mut writer = Busy::default();
-        writer.set(true);
+        let writer = Liveness::new();
+        set_busy(&writer, true);
         assert!(writer.is_busy());
-        drop(writer);
+        leave(&writer);
+        assert!(!writer.is_busy());
         assert!(global().busy_writers.load(Ordering::Relaxed) <= before);
     }
 }

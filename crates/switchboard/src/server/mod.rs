@@ -16,6 +16,7 @@ mod contention;
 mod dispatch;
 mod echo;
 mod handshake;
+mod keepalive;
 mod listener;
 mod metrics;
 mod read_ahead;
@@ -160,6 +161,7 @@ pub async fn run_with_hub(
         tracker: tracker.clone(),
         access,
     });
+    tracker.spawn(keepalive::run(ctx.hub.clone(), ctx.session_settings.clone(), token.clone()));
     let app = router(ctx.clone());
     tracing::info!(addr = %local, tls = tls.is_some(), "switchboard listening");
 

@@ -18,7 +18,6 @@
 //! peer's answer until shortly after the writer has finished.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,41 +90,6 @@ impl SessionSettings {
     }
 }
 
-/// When the client was last heard from, shared by reader and writer.
-///
-/// The reader only raises a flag per frame (no clock read on the hot path);
-/// the writer's keepalive tick, which reads the clock anyway, turns the flag
-/// into a time. So `idle` is late by at most one tick (half the shorter of
-/// ping interval and pong timeout): a ping or a keepalive close can come
-/// that much later, never earlier.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    seen: AtomicBool,
-    last_seen_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            seen: AtomicBool::new(false),
-            last_seen_ms: AtomicU64::new(0),
-        }
-    }
-    fn touch(&self) {
-        self.seen.store(true, Ordering::Relaxed);
-    }
-    /// Only the writer calls this (on its keepalive tick).
-    fn idle(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        if self.seen.swap(false, Ordering::Relaxed) {
-            self.last_seen_ms.store(now, Ordering::Relaxed);
-        }
-        Duration::from_millis(now.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)))
-    }
-}
-
 /// Starts a session: spawns its writer now and returns the reader, which
 /// runs the session to its end and then unregisters the client.
 ///
@@ -143,7 +107,6 @@ where
 {
     let client = registration.client().clone();
     let hub = registration.hub().clone();
-    let activity = Arc::new(Activity::new());
     metrics::global().connected();
     let (sink, stream) = socket.split();
     let finished = client.clone();
@@ -151,21 +114,18 @@ where
         write_loop(
             sink,
             outbox,
-            Written {
-                hub: hub.clone(),
-                client: client.clone(),
-                stored_upto: 0,
-                busy: contention::Busy::default(),
-            },
+            Written { hub: hub.clone(), client: client.clone(), stored_upto: 0 },
             settings.clone(),
-            activity.clone(),
         )
-        // However the writer ends, the reader stops waiting for it.
-        .map(move |()| finished.outbox().closer().finish()),
+        // However the writer ends, the reader stops waiting for it, and
+        // the writer no longer counts as busy.
+        .map(move |()| {
+            finished.outbox().closer().finish();
+            contention::leave(finished.liveness());
+        }),
     );
     async move {
-        let reason =
-            read_loop(stream, &mut registration, &hub, &client, &settings, &activity).await;
+        let reason = read_loop(stream, &mut registration, &hub, &client, &settings).await;
         client.outbox().closer().close(reason);
         let reason = client
             .outbox()
@@ -185,7 +145,6 @@ async fn read_loop<S>(
     hub: &Hub,
     client: &Arc<Client>,
     settings: &SessionSettings,
-    activity: &Activity,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -293,7 +252,7 @@ where
             }
             Some(Ok(frame)) => frame,
         };
-        activity.touch();
+        client.liveness().touch();
         if linger.is_some() {
             if let Frame::Close(frame) = frame {
                 // Our close was answered; the stream ends next.
@@ -403,8 +362,6 @@ struct Written {
     hub: Hub,
     client: Arc<Client>,
     stored_upto: u64,
-    /// Whether the last batch made this writer busy (see `contention`).
-    busy: contention::Busy,
 }
 
 impl Written {
@@ -435,20 +392,16 @@ fn write_loop<S>(
     mut outbox: OutboxReceiver,
     mut written: Written,
     settings: Arc<SessionSettings>,
-    activity: Arc<Activity>,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async move {
-        let check_every =
-            (settings.ping_interval.min(settings.pong_timeout) / 2).max(Duration::from_millis(100));
-        let mut keepalive = tokio::time::interval(check_every);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pinged = false;
         // A close (shutdown included: the server closes every client) wakes
         // the writer through `recv`, which then returns `None`; while
-        // batches flow, the close flag is checked per batch instead.
+        // batches flow, the close flag is checked per batch instead. Pings
+        // come through the outbox too (`keepalive`): the writer has nothing
+        // else to wait for, and no timer of its own.
         let mut gathering = 0u32;
         'run: loop {
             if written.closer().is_closed() {
@@ -470,57 +423,35 @@ where
                 }
                 gathering = 0;
             }
-            tokio::select! {
-                biased;
-                item = outbox.recv() => {
-                    let Some(item) = item else {
-                        if written.closer().is_closed() {
-                            break 'run;
-                        }
-                        return;
-                    };
-                    // Boxed: a batch is one allocation, and an idle session's
-                    // task does not carry the batch's state (issue 6). The
-                    // batch holds a client handle of its own, for the close
-                    // signal, while it borrows `written` mutably.
-                    let client = written.client.clone();
-                    let borrowed = (&mut sink, &mut outbox, &mut written);
-                    let batch = Box::pin(async move {
-                        let (sink, outbox, written) = borrowed;
-                        tokio::select! {
-                            biased;
-                            result = write_batch(sink, outbox, item, written) => Some(result),
-                            // Reached only while the socket does not take the batch.
-                            () = client.outbox().closer().closed() => None,
-                        }
-                    });
-                    let Some(result) = batch.await else { break 'run };
-                    match result {
-                        Err(reason) => {
-                            written.closer().close(reason);
-                            return;
-                        }
-                        Ok(Next::Gather) => gathering = GATHER_TURNS,
-                        Ok(Next::Write) => {}
-                    }
+            let Some(item) = outbox.recv().await else {
+                if written.closer().is_closed() {
+                    break 'run;
                 }
-                _ = keepalive.tick() => {
-                    // A flow that stopped stops counting as busy by the next
-                    // tick; a busy one is marked again by its next batch.
-                    written.busy.set(false);
-                    let idle = activity.idle();
-                    if idle < settings.ping_interval {
-                        pinged = false;
-                    } else if idle >= settings.ping_interval + settings.pong_timeout {
-                        written.closer().close(CloseReason::KeepaliveTimeout);
-                    } else if !pinged {
-                        pinged = true;
-                        if sink.send(Frame::Ping(Default::default())).await.is_err() {
-                            written.closer().close(CloseReason::Dropped("ping failed".into()));
-                            return;
-                        }
-                    }
+                return;
+            };
+            // Boxed: a batch is one allocation, and an idle session's task
+            // does not carry the batch's state (issue 6). The batch holds a
+            // client handle of its own, for the close signal, while it
+            // borrows `written` mutably.
+            let client = written.client.clone();
+            let borrowed = (&mut sink, &mut outbox, &mut written);
+            let batch = Box::pin(async move {
+                let (sink, outbox, written) = borrowed;
+                tokio::select! {
+                    biased;
+                    result = write_batch(sink, outbox, item, written) => Some(result),
+                    // Reached only while the socket does not take the batch.
+                    () = client.outbox().closer().closed() => None,
                 }
+            });
+            let Some(result) = batch.await else { break 'run };
+            match result {
+                Err(reason) => {
+                    written.closer().close(reason);
+                    return;
+                }
+                Ok(Next::Gather) => gathering = GATHER_TURNS,
+                Ok(Next::Write) => {}
             }
         }
         let reason = written.closer().reason().cloned().unwrap_or(CloseReason::Shutdown);
@@ -570,8 +501,9 @@ where
     metrics::global().add_out(&counts);
     sink.flush().await.map_err(dropped)?;
     written.flushed();
-    written.busy.set(fed >= contention::BUSY_BATCH);
-    if written.busy.is_busy() && contention::global().contended() {
+    let busy = fed >= contention::BUSY_BATCH;
+    contention::set_busy(written.client.liveness(), busy);
+    if busy && contention::global().contended() {
         Ok(Next::Gather)
     } else {
         Ok(Next::Write)
@@ -623,8 +555,10 @@ where
 /// [`encode`], counting the frame for `/metrics`.
 fn encode_counted(item: Outgoing, written: &mut Written, counts: &mut OutCounts) -> Option<Frame> {
     let kind = match item {
-        Outgoing::Deliver { .. } | Outgoing::Replay(_) => OutKind::Delivery,
-        Outgoing::Text(_) | Outgoing::Binary(_) => OutKind::Reply,
+        Outgoing::Deliver { .. } | Outgoing::Replay(_) => Some(OutKind::Delivery),
+        Outgoing::Text(_) | Outgoing::Binary(_) => Some(OutKind::Reply),
+        // A control frame, not a message.
+        Outgoing::Ping => None,
     };
     let frame = encode(item, written)?;
     let len = match &frame {
@@ -632,7 +566,9 @@ fn encode_counted(item: Outgoing, written: &mut Written, counts: &mut OutCounts)
         Frame::Binary(data) => data.len(),
         _ => 0,
     };
-    counts.count(kind, len);
+    if let Some(kind) = kind {
+        counts.count(kind, len);
+    }
     Some(frame)
 }
 
@@ -673,6 +609,7 @@ fn encode(item: Outgoing, written: &mut Written) -> Option<Frame> {
     match item {
         Outgoing::Text(text) => Some(Frame::Text(Utf8Bytes::from(text))),
         Outgoing::Binary(bytes) => Some(Frame::Binary(bytes)),
+        Outgoing::Ping => Some(Frame::Ping(Default::default())),
         Outgoing::Replay(_) => None,
         Outgoing::Deliver { message, seq, stored } => {
             if stored {
