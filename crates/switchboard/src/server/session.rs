@@ -457,9 +457,10 @@ where
         let reason = written.closer().reason().cloned().unwrap_or(CloseReason::Shutdown);
         if !reason.discards_queue() {
             // A shutdown or a kick: what is queued goes out first.
-            let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-            let drain = Box::pin(drain(&mut sink, &mut outbox, &mut written));
-            if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            // Boxed with its timer: a `Sleep` inline would size the
+            // writer's future, idle or not.
+            let drain = drain(&mut sink, &mut outbox, &mut written);
+            if Box::pin(tokio::time::timeout(settings.drain_timeout, drain)).await.is_err() {
                 tracing::warn!(name = %written.client.name(), "drain timeout: closing with messages still queued");
             }
         }
