@@ -72,6 +72,18 @@ fn append(name: &str, seq: u64, record: Record) -> Op {
     Op::Append { name: name.into(), seq, record, client_id: None, receipt: false, live: false }
 }
 
+/// An append for bob while he is online (the carry holds it).
+fn live_to_bob(seq: u64) -> Op {
+    Op::Append {
+        name: "bob".into(),
+        seq,
+        record: record("live"),
+        client_id: None,
+        receipt: false,
+        live: true,
+    }
+}
+
 fn ack(name: &str, upto: u64) -> Op {
     Op::Ack { name: name.into(), upto }
 }
@@ -409,18 +421,10 @@ fn live_appends_are_carried_until_acked_and_never_written() {
     let db = audited(&cfg);
 
     let (store, _, rec) = open(cfg.clone());
-    let live = |seq| Op::Append {
-        name: "bob".into(),
-        seq,
-        record: record("live"),
-        client_id: None,
-        receipt: false,
-        live: true,
-    };
     // Separate batches: the live appends are carried, the offline one is written.
-    store.submit(live(1)).unwrap();
+    store.submit(live_to_bob(1)).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    store.submit(live(2)).unwrap();
+    store.submit(live_to_bob(2)).unwrap();
     store.submit(append("carol", 1, record("offline"))).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     store.submit(ack("bob", 2)).unwrap();
@@ -429,7 +433,7 @@ fn live_appends_are_carried_until_acked_and_never_written() {
     // A read writes what is carried: bob has nothing left, carol her entry.
     assert!(replay(&store, "bob", 0, 10).is_empty());
     assert_eq!(replay(&store, "carol", 0, 10).len(), 1);
-    store.submit(live(3)).unwrap();
+    store.submit(live_to_bob(3)).unwrap();
     store.close(); // closing writes the carried append
     assert_eq!(inserted(&db), [("bob".to_owned(), 3), ("carol".to_owned(), 1)]);
 }
@@ -441,21 +445,13 @@ fn a_carried_append_is_written_once_it_comes_of_age() {
     let db = audited(&cfg);
 
     let (store, _, _) = open(cfg.clone());
-    let live = |seq| Op::Append {
-        name: "bob".into(),
-        seq,
-        record: record("live"),
-        client_id: None,
-        receipt: false,
-        live: true,
-    };
     // The ack empties the carry; the next append starts its age afresh and
     // nothing but its age writes it (no read, no close, no offline append).
-    store.submit(live(1)).unwrap();
+    store.submit(live_to_bob(1)).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     store.submit(ack("bob", 1)).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    store.submit(live(2)).unwrap();
+    store.submit(live_to_bob(2)).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while inserted(&db).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
