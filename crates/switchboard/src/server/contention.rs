@@ -77,7 +77,7 @@ impl Contention {
 ///
 /// The mark lives in the client's [`Liveness`], where the keepalive
 /// sweeper clears it on its tick (a flow that stopped stops counting) and
-/// the writer clears it when it ends ([`leave`]).
+/// the session clears it once its writer has ended ([`leave`]).
 pub(crate) fn set_busy(liveness: &Liveness, busy: bool) {
     set_busy_in(global(), liveness, busy);
 }

@@ -117,12 +117,8 @@ where
             Written { hub: hub.clone(), client: client.clone(), stored_upto: 0 },
             settings.clone(),
         )
-        // However the writer ends, the reader stops waiting for it, and
-        // the writer no longer counts as busy.
-        .map(move |()| {
-            finished.outbox().closer().finish();
-            contention::leave(finished.liveness());
-        }),
+        // However the writer ends, the reader stops waiting for it.
+        .map(move |()| finished.outbox().closer().finish()),
     );
     async move {
         let reason = read_loop(stream, &mut registration, &hub, &client, &settings).await;
@@ -136,6 +132,9 @@ where
         metrics::global().disconnected(&reason);
         registration.leave(&reason);
         let _ = writer.await;
+        // After the writer, however it ended (a panic included): the sweeper
+        // no longer sees this client, so nobody else would clear its mark.
+        contention::leave(client.liveness());
     }
 }
 
