@@ -324,8 +324,27 @@ impl Hub {
         message: &Arc<Message>,
         origin: Origin<'_>,
     ) -> Result<Accepted, RouteError> {
+        let record = inbox.store().and_then(|_| record_for(message)).map(Arc::new);
+        self.deliver_kept_as(inbox, message, record.as_ref(), origin)
+    }
+
+    /// What the store keeps of `message` when this hub is durable, to hand
+    /// to [`Hub::deliver_kept_as`] for each of its recipients: one record
+    /// however many inboxes it goes to.
+    pub(crate) fn kept_record(&self, message: &Message) -> Option<Arc<Record>> {
+        self.is_durable().then(|| record_for(message)).flatten().map(Arc::new)
+    }
+
+    /// [`Hub::deliver_kept`] with the stored record computed by the caller
+    /// ([`Hub::kept_record`]), once for all of a broadcast's recipients.
+    pub(crate) fn deliver_kept_as(
+        &self,
+        inbox: &Inbox,
+        message: &Arc<Message>,
+        record: Option<&Arc<Record>>,
+        origin: Origin<'_>,
+    ) -> Result<Accepted, RouteError> {
         let name = inbox.name();
-        let record = inbox.store().and_then(|_| record_for(message));
         let mut state = inbox.lock();
         let (Some(store), Some(record)) = (inbox.store(), record) else {
             if state.live.is_none() {
@@ -359,7 +378,7 @@ impl Hub {
         let append = Op::Append {
             name: name.to_shared(),
             seq,
-            record,
+            record: Arc::clone(record),
             client_id: origin.id.map(str::to_owned),
             receipt: origin.receipt && origin.id.is_some(),
             live: online,

@@ -899,12 +899,15 @@ impl Hub {
     /// Returns how many clients it was queued for.
     pub fn broadcast(&self, text: String) -> usize {
         let message = Arc::new(Message::new(Body::Server { text, broadcast: true }));
+        let record = self.kept_record(&message);
         let state = self.state();
         let delivered = state
             .clients
             .values()
             .filter(|slot| {
-                let accepted = self.deliver_kept(&slot.client.inbox, &message, Origin::OPERATOR);
+                let inbox = &slot.client.inbox;
+                let accepted =
+                    self.deliver_kept_as(inbox, &message, record.as_ref(), Origin::OPERATOR);
                 if accepted.is_ok() {
                     slot.client.messages_out.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1460,12 +1463,14 @@ impl Hub {
     /// Delivers a broadcast from another node to every local client.
     pub fn broadcast_from_cluster(&self, body: Body) {
         let message = Arc::new(Message::new(body));
+        let record = self.kept_record(&message);
         let state = self.state();
         let delivered = state
             .clients
             .values()
             .filter(|slot| {
-                self.deliver_kept(&slot.client.inbox, &message, Origin::OPERATOR).is_ok()
+                let inbox = &slot.client.inbox;
+                self.deliver_kept_as(inbox, &message, record.as_ref(), Origin::OPERATOR).is_ok()
             })
             .count();
         drop(state);

@@ -337,8 +337,9 @@ pub enum Op {
         name: Name,
         /// The recipient's sequence number for it.
         seq: u64,
-        /// The delivery.
-        record: Record,
+        /// The delivery, shared: a broadcast's appends share one record
+        /// (issue 6: an `Op` is moved several times on its way to disk).
+        record: Arc<Record>,
         /// The sender's client id, remembered for deduplication and receipts.
         client_id: Option<String>,
         /// Send a receipt to `record.from` when the recipient acknowledges it.

@@ -531,7 +531,7 @@ struct Pending {
     /// When it was taken from the queue.
     at: Instant,
     seq: u64,
-    record: Record,
+    record: Arc<Record>,
     client_id: Option<String>,
     receipt: bool,
     live: bool,
@@ -606,9 +606,6 @@ fn write_batch(
                             }
                         }
                     }
-                    if list.is_empty() {
-                        pending.remove(&name);
-                    }
                 }
                 if let Some(&(low, high)) = on_disk.get(&*name).filter(|(low, _)| *low <= upto) {
                     delete_acked(&tx, &name, upto, &mut effects)?;
@@ -658,6 +655,13 @@ fn write_batch(
                 }
             }
         }
+    }
+    // A name whose carried entries were all acknowledged keeps its empty
+    // list, so that its next delivery neither inserts into the map nor
+    // allocates (issue 6: a live fanout empties and refills every
+    // receiver's list, broadcast after broadcast). Not beyond a bound.
+    if pending.len() > carry.entries + SPARE_CAPACITY {
+        pending.retain(|_, list| !list.is_empty());
     }
     // Carried appends that are due: all of them when a sender or a read
     // waits on this commit (or too many are held), else the old ones.

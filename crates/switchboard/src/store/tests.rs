@@ -69,7 +69,14 @@ fn record(text: &str) -> Record {
 }
 
 fn append(name: &str, seq: u64, record: Record) -> Op {
-    Op::Append { name: name.into(), seq, record, client_id: None, receipt: false, live: false }
+    Op::Append {
+        name: name.into(),
+        seq,
+        record: record.into(),
+        client_id: None,
+        receipt: false,
+        live: false,
+    }
 }
 
 /// An append for bob while he is online (the carry holds it).
@@ -77,7 +84,7 @@ fn live_to_bob(seq: u64) -> Op {
     Op::Append {
         name: "bob".into(),
         seq,
-        record: record("live"),
+        record: record("live").into(),
         client_id: None,
         receipt: false,
         live: true,
@@ -155,7 +162,7 @@ fn ack_deletes_and_reports_removed_and_receipts() {
             .submit(Op::Append {
                 name: "bob".into(),
                 seq,
-                record: record("hi"),
+                record: record("hi").into(),
                 client_id: Some(format!("m{seq}")),
                 receipt: seq != 2,
                 live: false,
@@ -219,7 +226,7 @@ fn append_and_ack_in_one_batch_never_touch_the_disk() {
             .submit(Op::Append {
                 name: "bob".into(),
                 seq,
-                record: record("live"),
+                record: record("live").into(),
                 client_id: Some(format!("m{seq}")),
                 receipt: true,
                 live: false,

@@ -131,7 +131,14 @@ fn record(text: &str) -> Record {
 }
 
 fn append(name: &str, seq: u64, record: Record) -> Op {
-    Op::Append { name: name.into(), seq, record, client_id: None, receipt: false, live: false }
+    Op::Append {
+        name: name.into(),
+        seq,
+        record: record.into(),
+        client_id: None,
+        receipt: false,
+        live: false,
+    }
 }
 
 /// A delivery from alice to `to`, with generous limits and nothing to forward.
@@ -258,7 +265,7 @@ async fn acks_trim_and_report_receipts() {
         let op = Op::Append {
             name: "bob".into(),
             seq: first + i as u64,
-            record: record("hey"),
+            record: record("hey").into(),
             client_id: Some(format!("m{i}")),
             receipt,
             live: false,
