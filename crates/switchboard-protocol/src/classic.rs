@@ -177,6 +177,14 @@ fn push_json_str(out: &mut String, value: &str) {
             Ok(())
         }
     }
+    // What serde would write unchanged (validated names always are): no
+    // byte needs escaping, so the literal is the text in quotes.
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     // Serialising a &str cannot fail.
     let _ = serde_json::to_writer(Utf8Writer(out), value);
 }
@@ -223,6 +231,28 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(&parse(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn json_string_literals_match_serde_with_and_without_escapes() {
+        let values = [
+            "alice",
+            "",
+            "ünïcødé 名前",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "nl\n",
+            "\u{1f}",
+            "\u{7f}del",
+            "emoji 🎉",
+            "</script>",
+        ];
+        for value in values {
+            let mut out = String::new();
+            push_json_str(&mut out, value);
+            assert_eq!(out, serde_json::to_string(value).unwrap(), "{value:?}");
         }
     }
 

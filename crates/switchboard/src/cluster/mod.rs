@@ -504,7 +504,7 @@ pub fn envelope_kept(message: &Message, to: Option<&str>, kept: Kept) -> Option<
         Body::Direct { from, to, text } => Envelope::Direct {
             from: from.to_string(),
             to: to.to_string(),
-            text: text.clone(),
+            text: text.to_string(),
             kept,
         },
         // Room history (issue 7) is per node: the rseq stays local.

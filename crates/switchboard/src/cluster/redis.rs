@@ -783,7 +783,7 @@ impl Task {
         match frame.envelope {
             Envelope::Direct { from, to, text, kept } => {
                 if let (Ok(from), Ok(to_name)) = (hub.client_name(&from), hub.client_name(&to)) {
-                    deliver(hub, &to, Body::Direct { from, to: to_name, text }, kept);
+                    deliver(hub, &to, Body::Direct { from, to: to_name, text: text.into() }, kept);
                 }
             }
             Envelope::Binary { from, to, room, kept } => {

@@ -947,9 +947,7 @@ pub fn entry_message(name: &ClientName, entry: Entry) -> Option<(Arc<Message>, u
     let Entry { seq, record } = entry;
     let from = record.from.as_deref().and_then(|from| ClientName::parse(from).ok());
     let body = match record.kind {
-        RecordKind::Direct => {
-            Body::Direct { from: from?, to: name.clone(), text: record.text.to_string() }
-        }
+        RecordKind::Direct => Body::Direct { from: from?, to: name.clone(), text: record.text },
         RecordKind::Server => Body::Server { text: record.text.to_string(), broadcast: false },
         RecordKind::Broadcast => Body::Server { text: record.text.to_string(), broadcast: true },
         RecordKind::Binary => {

@@ -25,8 +25,8 @@ pub enum Body {
         from: ClientName,
         /// The recipient.
         to: ClientName,
-        /// The text.
-        text: String,
+        /// The text, shared with the durable store's record of it.
+        text: Arc<str>,
     },
     /// A message published to a room.
     Room {
@@ -139,9 +139,8 @@ impl Message {
     /// A size estimate used to charge the recipient's outbox.
     pub fn approximate_size(&self) -> usize {
         match &self.body {
-            Body::Direct { text, .. } | Body::Room { text, .. } | Body::Server { text, .. } => {
-                text.len() + 96
-            }
+            Body::Direct { text, .. } => text.len() + 96,
+            Body::Room { text, .. } | Body::Server { text, .. } => text.len() + 96,
             Body::Presence { .. } => 128,
             Body::Receipt { id, .. } => id.len() + 128,
             Body::Binary { payload, .. } => payload.len() + 96,
@@ -163,13 +162,15 @@ impl Message {
     /// As [`Message::classic_frame`], for a writer that owns a reference:
     /// the last recipient (the only one, for a DM) takes the buffer out
     /// instead of cloning it.
-    pub fn into_classic_frame(self: Arc<Self>) -> Option<Utf8Bytes> {
-        match Arc::try_unwrap(self) {
-            Ok(message) => {
+    pub fn into_classic_frame(mut self: Arc<Self>) -> Option<Utf8Bytes> {
+        // `get_mut`, not `try_unwrap`: the buffer is taken out in place
+        // instead of moving the whole message out of its allocation first.
+        match Arc::get_mut(&mut self) {
+            Some(message) => {
                 message.classic_encoded();
-                message.classic.into_inner().flatten()
+                message.classic.take().flatten()
             }
-            Err(shared) => shared.classic_frame(),
+            None => self.classic_frame(),
         }
     }
 
@@ -198,9 +199,8 @@ impl Message {
     pub fn stored_text(&self) -> Arc<str> {
         self.stored_text
             .get_or_init(|| match &self.body {
-                Body::Direct { text, .. } | Body::Room { text, .. } | Body::Server { text, .. } => {
-                    Arc::from(text.as_str())
-                }
+                Body::Direct { text, .. } => Arc::clone(text),
+                Body::Room { text, .. } | Body::Server { text, .. } => Arc::from(text.as_str()),
                 Body::Receipt { id, .. } => Arc::from(id.as_str()),
                 Body::Presence { .. } | Body::Binary { .. } => Arc::from(""),
             })

@@ -844,7 +844,7 @@ impl Hub {
         text: String,
         meta: SendMeta,
     ) -> Result<Accepted, RouteError> {
-        self.send_direct_encoded(from, to, text, None, meta)
+        self.send_direct_encoded(from, to, text.into(), None, meta)
     }
 
     /// As [`Hub::send_direct`], with the classic frame already encoded by the
@@ -857,7 +857,7 @@ impl Hub {
         &self,
         from: &Client,
         to: &str,
-        text: String,
+        text: Arc<str>,
         classic: Option<String>,
         meta: SendMeta,
     ) -> Result<Accepted, RouteError> {

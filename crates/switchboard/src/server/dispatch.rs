@@ -4,6 +4,8 @@
 //! methods, for both wire protocols. It does no I/O: replies are pushed into
 //! the client's own outbox, behind anything already queued for it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use switchboard_protocol::v1::{self, AckStatus, ErrorCode, Reply, Request};
 use switchboard_protocol::{binary, classic};
@@ -18,7 +20,7 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
             // string (src stamped by the hub); a found recipient's name is
             // `dst` exactly, as the registry is keyed by name.
             let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
-            let msg = dm.msg.into_owned();
+            let msg = Arc::<str>::from(&*dm.msg);
             // Classic has no acks; a refusal known only later (cluster mode,
             // shared inboxes) still gets its notice. Elsewhere every refusal
             // is known at once: no closure on the hot path.
