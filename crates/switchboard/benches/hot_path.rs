@@ -95,7 +95,7 @@ fn hub_routing(c: &mut Criterion) {
             let message = Message::new(Body::Direct {
                 from: hub.client_name("sender42").unwrap_or_else(|e| panic!("{e}")),
                 to: hub.client_name("receiver42").unwrap_or_else(|e| panic!("{e}")),
-                text: TEXT.to_owned(),
+                text: TEXT.into(),
             });
             message.classic_text().map(str::len)
         })
