@@ -197,6 +197,9 @@ impl Message {
     /// The text the durable store keeps for this message (the text, or a
     /// receipt's id), shared: cloning it is a reference count.
     pub fn stored_text(&self) -> Arc<str> {
+        if let Body::Direct { text, .. } = &self.body {
+            return Arc::clone(text);
+        }
         self.stored_text
             .get_or_init(|| match &self.body {
                 Body::Direct { text, .. } => Arc::clone(text),
