@@ -40,10 +40,10 @@
 //! `sqlite.rs`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
@@ -451,6 +451,9 @@ struct Shared {
     queued: AtomicUsize,
     /// Signalled after every group commit.
     drained: Notify,
+    /// When the last "queue full" warning was logged, in seconds since the
+    /// Unix epoch: one a minute at most, however many sends are refused.
+    overload_warned: AtomicU64,
 }
 
 impl Shared {
@@ -622,7 +625,32 @@ impl Store {
                 q.checked_add(cost).filter(|n| *n <= limit)
             })
             .map(|_| ())
-            .map_err(|_| StoreError::Overloaded)
+            .map_err(|_| {
+                self.warn_overloaded();
+                StoreError::Overloaded
+            })
+    }
+
+    /// Tells the operator, at most once a minute, that the disk is not
+    /// keeping up: messages are being refused until it does.
+    #[cold]
+    fn warn_overloaded(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = self.inner.shared.overload_warned.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .inner
+                .shared
+                .overload_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                limit_bytes = self.inner.limit,
+                "message store queue full: the disk is not keeping up, messages that must be \
+                 stored are refused until it does (logged once a minute at most)"
+            );
+        }
     }
 
     /// Queues `op`; never blocks.

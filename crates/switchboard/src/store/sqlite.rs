@@ -43,6 +43,9 @@ const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
 /// read is followed by no nap, so acks are delayed by at most one nap.
 const COALESCE: Duration = Duration::from_micros(500);
 
+/// A group commit slower than this is logged as a warning.
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
+
 /// Most appends carried in memory; beyond, every carried append is written.
 const CARRY_MAX_ENTRIES: usize = 200_000;
 
@@ -354,6 +357,7 @@ impl Worker {
         }
         let count = batch.ops.len();
         let mut ops = batch.ops;
+        let started = Instant::now();
         let result = write_batch(
             &mut self.conn,
             &mut ops,
@@ -362,6 +366,16 @@ impl Worker {
             &mut self.carry,
             everything,
         );
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            // Meanwhile the queue fills, and once it is full messages that
+            // must be stored are refused: the operator should hear why.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                operations = count,
+                "store: slow group commit (the disk is not keeping up)"
+            );
+        }
         self.shared.release(batch.cost);
         // Emptied whether the transaction ran to the end or not.
         ops.clear();
