@@ -343,6 +343,8 @@ pub struct HttpConn {
     stream: TcpStream,
     host: String,
     buf: Vec<u8>,
+    /// Where the last response's body starts in `buf`.
+    body_at: usize,
 }
 
 impl HttpConn {
@@ -353,7 +355,17 @@ impl HttpConn {
     pub async fn connect(target: &Target) -> io::Result<HttpConn> {
         let stream = TcpStream::connect(target.addr).await?;
         stream.set_nodelay(true)?;
-        Ok(HttpConn { stream, host: target.host.clone(), buf: Vec::with_capacity(4096) })
+        Ok(HttpConn {
+            stream,
+            host: target.host.clone(),
+            buf: Vec::with_capacity(4096),
+            body_at: 0,
+        })
+    }
+
+    /// The body of the last response [`HttpConn::post`] read.
+    pub fn body(&self) -> &[u8] {
+        self.buf.get(self.body_at..).unwrap_or_default()
     }
 
     /// POSTs `body` to `path` and returns the status code.
@@ -391,6 +403,8 @@ impl HttpConn {
                     }
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
+                self.body_at = i + 4;
+                self.buf.truncate(i + 4 + length);
                 return Ok(status);
             }
             let n = self.stream.read(&mut chunk).await?;

@@ -485,6 +485,9 @@ pub struct FanoutParams {
 #[derive(Debug, Default)]
 struct FanShared {
     delivered: Cell<u64>,
+    /// Deliveries the server said it did not make (the operator API's
+    /// answer counts the clients a broadcast was queued for): not waited for.
+    refused: Cell<u64>,
     last: Cell<u64>,
     notify: Notify,
 }
@@ -551,7 +554,7 @@ async fn fan_wait(
     window: u64,
     deadline: tokio::time::Instant,
 ) -> bool {
-    while sent * c > shared.delivered.get() + window * c {
+    while sent * c > shared.delivered.get() + shared.refused.get() + window * c {
         if tokio::time::timeout_at(deadline, shared.notify.notified()).await.is_err() {
             return false;
         }
@@ -655,7 +658,19 @@ pub async fn fanout(ctx: &Arc<Ctx>, p: &FanoutParams, via: Via) -> anyhow::Resul
                         body.clear();
                         payload::write(&mut body, seq, now_ns(), size);
                         match http.post("/api/broadcast", &body).await {
-                            Ok(200) => {}
+                            Ok(200) => {
+                                // A durable server refuses deliveries it cannot
+                                // store (its queue to the disk is full): count
+                                // them rather than wait for them.
+                                let queued =
+                                    serde_json::from_slice::<serde_json::Value>(http.body())
+                                        .ok()
+                                        .and_then(|v| v["delivered"].as_u64());
+                                if let Some(queued) = queued.filter(|&n| n < c) {
+                                    shared.refused.set(shared.refused.get() + (c - queued));
+                                    shared.notify.notify_waiters();
+                                }
+                            }
                             Ok(status) => errors.borrow_mut().push(format!("HTTP {status}")),
                             Err(e) => {
                                 errors.borrow_mut().push(e.to_string());
@@ -702,7 +717,7 @@ pub async fn fanout(ctx: &Arc<Ctx>, p: &FanoutParams, via: Via) -> anyhow::Resul
     // Wait for the last deliveries: until all arrived, 2 s without progress, or the deadline.
     let mut seen = shared.delivered.get();
     let mut quiet_since = Instant::now();
-    while shared.delivered.get() < total
+    while shared.delivered.get() + shared.refused.get() < total
         && quiet_since.elapsed() < Duration::from_secs(2)
         && tokio::time::Instant::now() < deadline
     {
@@ -718,6 +733,10 @@ pub async fn fanout(ctx: &Arc<Ctx>, p: &FanoutParams, via: Via) -> anyhow::Resul
     let mut lat = Latencies::default();
     let (mut received, mut dup, mut reorder) = (0, 0, 0);
     let mut errors = publish_errors;
+    let refused = shared.refused.get();
+    if refused > 0 {
+        errors.push(format!("the server refused {refused} deliveries (its API answers said so)"));
+    }
     let mut conns = Vec::new();
     for handle in handles {
         let (r, conn) = handle.await?;
@@ -737,10 +756,11 @@ pub async fn fanout(ctx: &Arc<Ctx>, p: &FanoutParams, via: Via) -> anyhow::Resul
         "via": via.as_str(),
         "receivers": c, "broadcasts": p.broadcasts, "window": p.window,
         "payload_bytes": ctx.size,
-        "expected": total, "lost": total - received.min(total), "dup": dup,
+        "expected": total, "lost": total.saturating_sub(received + refused), "refused": refused,
+        "dup": dup,
         "out_of_order": reorder,
         "errors": errors.len(), "first_error": errors.first(),
-        "ok": received == total && dup == 0 && reorder == 0,
+        "ok": received == total && refused == 0 && dup == 0 && reorder == 0,
     });
     usage_fields(&mut fields, received, active, &usage);
     if let Some(cpu) = usage.server_cpu {
