@@ -909,3 +909,65 @@ fn millis(d: Duration) -> u64 {
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis)
 }
+
+#[cfg(test)]
+mod carry_tests {
+    use super::*;
+
+    fn live(name: &str, seq: u64) -> Op {
+        let record = Record {
+            kind: RecordKind::Direct,
+            ts: 1,
+            from: Some(Name::from("alice")),
+            text: Arc::from("hi"),
+            payload: None,
+        };
+        Op::Append {
+            name: Name::from(name),
+            seq,
+            record: Arc::new(record),
+            client_id: None,
+            receipt: false,
+            live: true,
+        }
+    }
+
+    /// Acknowledged names keep their empty lists for their next delivery,
+    /// but never more than `SPARE_CAPACITY` of them (bounded memory).
+    #[test]
+    fn emptied_lists_are_kept_up_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("switchboard.db"), SyncPolicy::Off).unwrap();
+        let (mut on_disk, mut carry) = (OnDisk::new(), Carry::default());
+        let mut batch = |ops: Vec<Op>, carry: &mut Carry| {
+            let mut ops = ops;
+            write_batch(&mut conn, &mut ops, 0, &mut on_disk, carry, false).unwrap();
+        };
+        // A live fanout to a few names: delivered and acknowledged.
+        let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+        batch(names.iter().map(|n| live(n, 1)).collect(), &mut carry);
+        batch(
+            names.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto: 1 }).collect(),
+            &mut carry,
+        );
+        assert_eq!(carry.entries, 0);
+        assert_eq!(carry.by_name.len(), 10, "emptied lists are kept");
+        assert!(carry.by_name.values().all(Vec::is_empty));
+        // The next delivery to them lands in the kept lists.
+        batch(names.iter().map(|n| live(n, 2)).collect(), &mut carry);
+        assert_eq!((carry.entries, carry.by_name.len()), (10, 10));
+        batch(
+            names.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto: 2 }).collect(),
+            &mut carry,
+        );
+        // Many more names than the bound: the empty lists go.
+        let many: Vec<String> = (0..SPARE_CAPACITY * 2).map(|i| format!("m{i}")).collect();
+        batch(many.iter().map(|n| live(n, 1)).collect(), &mut carry);
+        batch(
+            many.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto: 1 }).collect(),
+            &mut carry,
+        );
+        assert_eq!(carry.entries, 0);
+        assert!(carry.by_name.len() <= SPARE_CAPACITY, "{} lists kept", carry.by_name.len());
+    }
+}
