@@ -440,6 +440,9 @@ struct Inner {
     shared: Arc<Shared>,
     limit: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The store thread, unparked when someone waits for what they queue:
+    /// between batches nobody waits for, it naps (see `sqlite.rs`).
+    waiter: std::thread::Thread,
     /// Inboxes live in Redis, shared by the cluster's nodes.
     shared_inboxes: bool,
 }
@@ -540,6 +543,7 @@ impl Store {
             tx: RwLock::new(Some(tx)),
             shared,
             limit,
+            waiter: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             shared_inboxes,
         };
@@ -675,9 +679,13 @@ impl Store {
             return Err(StoreError::Closed);
         };
         self.charge(cost)?;
+        let waits = then.is_some();
         if tx.send(Cmd::Op { op, then, cost }).is_err() {
             self.inner.shared.release(cost);
             return Err(StoreError::Closed);
+        }
+        if waits {
+            self.inner.waiter.unpark();
         }
         Ok(())
     }
@@ -769,7 +777,11 @@ impl Store {
         let cmd = Cmd::Read(read);
         let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
         match tx.as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|mpsc::SendError(cmd)| Box::new(cmd)),
+            Some(tx) => {
+                tx.send(cmd).map_err(|mpsc::SendError(cmd)| Box::new(cmd))?;
+                self.inner.waiter.unpark();
+                Ok(())
+            }
             None => Err(Box::new(cmd)),
         }
     }

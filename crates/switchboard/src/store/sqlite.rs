@@ -39,9 +39,12 @@ const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
 /// After a batch nobody waited for, the thread naps this long before taking
 /// the next one, instead of blocking on the queue: a blocked thread is woken
 /// (a futex call and a context switch) by every single submit, which under
-/// load cost more than the store's own work. A batch with a completion or a
-/// read is followed by no nap, so acks are delayed by at most one nap.
-const COALESCE: Duration = Duration::from_micros(500);
+/// load cost more than the store's own work. Nobody waits for the nap: a
+/// submit with a completion (a sender's ack) or a read unparks the thread,
+/// and a batch with either is followed by no nap. 2 ms rather than 0.5 ms:
+/// ~10% less CPU per durable DM and per API-fanout delivery (issue 6, sixth
+/// pass), since it no longer delays acks.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// A group commit slower than this is logged as a warning.
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
@@ -343,7 +346,9 @@ impl Worker {
                 self.serve(read);
             }
             if !everything {
-                std::thread::sleep(COALESCE);
+                // Woken early by `Store::submit_then` with a completion and
+                // by reads (`Store::send_read`).
+                std::thread::park_timeout(COALESCE);
             }
         }
         // Closing: nothing stays in memory.
