@@ -10,7 +10,8 @@
 #   scripts/ab.sh OLD NEW fanout --receivers 1000 --broadcasts 1000 --via api
 #
 # Each run starts a fresh server pinned to CPU 0 (a fresh data dir when
-# durable) with rate limits off, and switchboard-bench pinned to CPU 1.
+# durable) with rate limits off (see AB_RATE), and switchboard-bench pinned
+# to CPU 1.
 # Loopback only; each workload is bounded by the generator's own limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ shift 2
 WORKLOAD=("$@")
 RUNS=${AB_RUNS:-5}
 MODE=${AB_MODE:-}
+# The server's rate limits: off by default, as in bench.sh; e.g.
+# AB_RATE="--rate-messages-per-sec 100000000 --rate-bytes-per-sec 100000000000"
+# keeps them on (the default configuration's code path) without tripping them.
+RATE=${AB_RATE:---rate-messages-per-sec 0 --rate-bytes-per-sec 0}
 BENCH=${AB_BENCH:-target/release/switchboard-bench}
 PORT=${AB_PORT:-28895}
 for bin in "$A" "$B" "$BENCH"; do
@@ -41,8 +46,8 @@ trap cleanup EXIT
 run_one() { # run_one LABEL BIN
   local data=()
   [ -z "$MODE" ] && data=(--data-dir "$OUT/data-$RANDOM")
-  taskset -c 0 "$2" serve --listen "127.0.0.1:$PORT" --rate-messages-per-sec 0 --rate-bytes-per-sec 0 \
-    $MODE "${data[@]}" 2>/dev/null &
+  # shellcheck disable=SC2086 # RATE and MODE are lists of words
+  taskset -c 0 "$2" serve --listen "127.0.0.1:$PORT" $RATE $MODE "${data[@]}" 2>/dev/null &
   SERVER_PID=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
   taskset -c 1 "$BENCH" --target "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" "${WORKLOAD[@]}" 2>/dev/null \

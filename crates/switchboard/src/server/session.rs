@@ -286,12 +286,16 @@ where
         if counts.count(kind, payload_len) {
             metrics::global().add_in(&mut counts);
         }
-        let over = if !rate_limited {
-            None
-        } else if !messages.try_take(1.0, Instant::now()) {
-            Some(format!("{} messages/s", settings.rate_messages_per_sec))
-        } else if !bytes.try_take(payload_len as f64, Instant::now()) {
-            Some(format!("{} bytes/s", settings.rate_bytes_per_sec))
+        let over = if rate_limited {
+            // One clock read for both buckets.
+            let now = Instant::now();
+            if !messages.try_take(1.0, now) {
+                Some(format!("{} messages/s", settings.rate_messages_per_sec))
+            } else if !bytes.try_take(payload_len as f64, now) {
+                Some(format!("{} bytes/s", settings.rate_bytes_per_sec))
+            } else {
+                None
+            }
         } else {
             None
         };
