@@ -635,7 +635,7 @@ impl Store {
             })
     }
 
-    /// Tells the operator, at most once a minute, that the disk is not
+    /// Tells the operator, at most once a minute, that the store is not
     /// keeping up: messages are being refused until it does.
     #[cold]
     fn warn_overloaded(&self) {
@@ -651,8 +651,9 @@ impl Store {
         {
             tracing::warn!(
                 limit_bytes = self.inner.limit,
-                "message store queue full: the disk is not keeping up, messages that must be \
-                 stored are refused until it does (logged once a minute at most)"
+                "message store queue full: its disk (or Redis, in cluster mode) is not keeping \
+                 up; messages that must be stored are refused until it does (logged once a \
+                 minute at most)"
             );
         }
     }
