@@ -219,6 +219,12 @@ impl Hub {
         self.shared.store.get()
     }
 
+    /// Bytes of stored, unacknowledged entries ([`Record::size`]), as
+    /// charged against `store_max_bytes` (0 without a store).
+    pub fn stored_bytes(&self) -> u64 {
+        self.shared.stored_bytes.load(Ordering::Relaxed)
+    }
+
     /// True when messages to offline names are stored (not `--ephemeral`).
     pub fn is_durable(&self) -> bool {
         self.shared.store.get().is_some()

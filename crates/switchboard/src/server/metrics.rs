@@ -73,6 +73,8 @@ pub(crate) struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     queued_bytes: Gauge,
+    store_queued_bytes: Gauge,
+    stored_bytes: Gauge,
     disconnects: Family<Labels, Counter>,
     route_seconds: Histogram,
 }
@@ -125,6 +127,20 @@ impl Metrics {
             "Bytes waiting in client outboxes (summed at scrape time)",
             queued_bytes.clone(),
         );
+        let store_queued_bytes = Gauge::default();
+        registry.register(
+            "store_queued_bytes",
+            "Bytes of operations waiting for the message store's thread; at its 64 MiB limit, \
+             messages that must be stored are refused (read at scrape time)",
+            store_queued_bytes.clone(),
+        );
+        let stored_bytes = Gauge::default();
+        registry.register(
+            "stored_bytes",
+            "Bytes of stored, unacknowledged messages, counted against store_max_bytes \
+             (read at scrape time)",
+            stored_bytes.clone(),
+        );
         let disconnects = Family::<Labels, Counter>::default();
         registry.register("disconnects", "Sessions ended, by reason", disconnects.clone());
         // 100 ns .. ~13 ms: a frame typically routes in well under 1 µs.
@@ -143,6 +159,8 @@ impl Metrics {
             bytes_in,
             bytes_out,
             queued_bytes,
+            store_queued_bytes,
+            stored_bytes,
             disconnects,
             route_seconds,
         }
@@ -247,6 +265,9 @@ pub(crate) async fn handler(State(ctx): State<Arc<Context>>) -> impl IntoRespons
     let metrics = global();
     let queued: usize = ctx.hub.local_clients().iter().map(|client| client.queued_bytes).sum();
     metrics.queued_bytes.set(queued as i64);
+    let store_queued = ctx.hub.store().map_or(0, crate::store::Store::queued_bytes);
+    metrics.store_queued_bytes.set(i64::try_from(store_queued).unwrap_or(i64::MAX));
+    metrics.stored_bytes.set(i64::try_from(ctx.hub.stored_bytes()).unwrap_or(i64::MAX));
     let mut body = String::with_capacity(4096);
     // Writing into a String cannot fail.
     let _ = encode(&mut body, &metrics.registry);
@@ -281,6 +302,8 @@ mod tests {
             "switchboard_open_connections",
             "switchboard_connections_total",
             "switchboard_queued_bytes",
+            "switchboard_store_queued_bytes",
+            "switchboard_stored_bytes",
             "switchboard_disconnects_total{reason=\"slow_consumer\"}",
             "switchboard_route_seconds_bucket{le=",
         ] {

@@ -691,6 +691,12 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes of operations queued for the store thread and not yet
+    /// committed; at [`StoreConfig::queue_limit_bytes`] sends are refused.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.shared.queued.load(Ordering::Acquire)
+    }
+
     /// True while the queue holds more than half its limit: readers should
     /// wait in [`Store::uncongested`] before routing more (backpressure).
     pub fn congested(&self) -> bool {

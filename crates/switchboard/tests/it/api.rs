@@ -140,3 +140,45 @@ async fn refused_handshakes_and_bad_input_appear_as_error_events() {
         }
     }
 }
+
+/// `GET /metrics`: one gauge from the scrape.
+async fn gauge(server: &TestServer, name: &str) -> Option<i64> {
+    let text = reqwest::get(server.http("/metrics")).await.expect("scrape").text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_with_the_stores_gauges() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(server.http("/metrics")).await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap_or_default().to_owned();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    let text = response.text().await.expect("body");
+    for name in ["switchboard_open_connections", "switchboard_store_queued_bytes"] {
+        assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing from:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert_eq!(gauge(&server, "switchboard_stored_bytes").await, Some(0));
+
+    // A message stored for an offline name counts until it is delivered.
+    v1(&server, "bob").await.close().await;
+    eventually("bob has left", || server.hub.client("bob").is_none()).await;
+    let mut carol = v1(&server, "carol").await;
+    carol
+        .send_json(json!({"type": "dm", "id": "m1", "to": "bob", "text": "while you were out"}))
+        .await;
+    assert_eq!(carol.recv_json().await["status"], "stored");
+    let stored = gauge(&server, "switchboard_stored_bytes").await.unwrap_or_default();
+    assert!(stored > 0, "switchboard_stored_bytes {stored}");
+
+    let mut bob = v1(&server, "bob").await;
+    let got = bob.recv_json().await;
+    assert_eq!(got["text"], "while you were out", "{got}");
+    // Written to the socket, so acknowledged: the gauge comes back down.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&server, "switchboard_stored_bytes").await != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "stored bytes never went back to 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
