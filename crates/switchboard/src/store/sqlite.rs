@@ -675,13 +675,6 @@ fn write_batch(
             }
         }
     }
-    // A name whose carried entries were all acknowledged keeps its empty
-    // list, so that its next delivery neither inserts into the map nor
-    // allocates (issue 6: a live fanout empties and refills every
-    // receiver's list, broadcast after broadcast). Not beyond a bound.
-    if pending.len() > carry.entries + SPARE_CAPACITY {
-        pending.retain(|_, list| !list.is_empty());
-    }
     // Carried appends that are due: all of them when a sender or a read
     // waits on this commit (or too many are held), else the old ones.
     let all = everything || carry.entries > CARRY_MAX_ENTRIES;
@@ -744,6 +737,12 @@ fn write_batch(
         // Every offline append was in a due prefix, so is written now.
         carry.offline = false;
         carry.oldest = oldest;
+    }
+    // A name whose carried entries were all acknowledged or written keeps
+    // its empty list, so that its next delivery neither inserts into the
+    // map nor allocates (issue 6: a live fanout empties and refills every
+    // receiver's list, broadcast after broadcast). Not beyond a bound.
+    if pending.len() > carry.entries + SPARE_CAPACITY {
         pending.retain(|_, list| !list.is_empty());
         if pending.capacity() > SPARE_CAPACITY && pending.len() * 4 < pending.capacity() {
             // A burst's high-water mark is not kept for the life of the process.
@@ -937,6 +936,10 @@ mod carry_tests {
         }
     }
 
+    fn acks(names: &[String], upto: u64) -> Vec<Op> {
+        names.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto }).collect()
+    }
+
     /// Acknowledged names keep their empty lists for their next delivery,
     /// but never more than `SPARE_CAPACITY` of them (bounded memory).
     #[test]
@@ -944,34 +947,28 @@ mod carry_tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(&dir.path().join("switchboard.db"), SyncPolicy::Off).unwrap();
         let (mut on_disk, mut carry) = (OnDisk::new(), Carry::default());
-        let mut batch = |ops: Vec<Op>, carry: &mut Carry| {
+        let mut batch = |ops: Vec<Op>, carry: &mut Carry, everything: bool| {
             let mut ops = ops;
-            write_batch(&mut conn, &mut ops, 0, &mut on_disk, carry, false).unwrap();
+            write_batch(&mut conn, &mut ops, 0, &mut on_disk, carry, everything).unwrap();
         };
         // A live fanout to a few names: delivered and acknowledged.
         let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
-        batch(names.iter().map(|n| live(n, 1)).collect(), &mut carry);
-        batch(
-            names.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto: 1 }).collect(),
-            &mut carry,
-        );
+        batch(names.iter().map(|n| live(n, 1)).collect(), &mut carry, false);
+        batch(acks(&names, 1), &mut carry, false);
         assert_eq!(carry.entries, 0);
         assert_eq!(carry.by_name.len(), 10, "emptied lists are kept");
         assert!(carry.by_name.values().all(Vec::is_empty));
+        // A batch that writes everything (a sender waits on it) keeps them too.
+        batch(Vec::new(), &mut carry, true);
+        assert_eq!(carry.by_name.len(), 10, "emptied lists survive a full write");
         // The next delivery to them lands in the kept lists.
-        batch(names.iter().map(|n| live(n, 2)).collect(), &mut carry);
+        batch(names.iter().map(|n| live(n, 2)).collect(), &mut carry, false);
         assert_eq!((carry.entries, carry.by_name.len()), (10, 10));
-        batch(
-            names.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto: 2 }).collect(),
-            &mut carry,
-        );
+        batch(acks(&names, 2), &mut carry, false);
         // Many more names than the bound: the empty lists go.
         let many: Vec<String> = (0..SPARE_CAPACITY * 2).map(|i| format!("m{i}")).collect();
-        batch(many.iter().map(|n| live(n, 1)).collect(), &mut carry);
-        batch(
-            many.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto: 1 }).collect(),
-            &mut carry,
-        );
+        batch(many.iter().map(|n| live(n, 1)).collect(), &mut carry, false);
+        batch(acks(&many, 1), &mut carry, false);
         assert_eq!(carry.entries, 0);
         assert!(carry.by_name.len() <= SPARE_CAPACITY, "{} lists kept", carry.by_name.len());
     }
