@@ -86,7 +86,7 @@ pub struct Message {
     /// The v1 frame minus `seq`.
     v1: OnceLock<EncodedDelivery>,
     /// The text as kept by the durable store (issue 7), made once and shared
-    /// by every recipient's inbox entry.
+    /// by every recipient's inbox entry (a DM's text is shared already).
     stored_text: OnceLock<Arc<str>>,
 }
 
@@ -197,17 +197,14 @@ impl Message {
     /// The text the durable store keeps for this message (the text, or a
     /// receipt's id), shared: cloning it is a reference count.
     pub fn stored_text(&self) -> Arc<str> {
-        if let Body::Direct { text, .. } = &self.body {
-            return Arc::clone(text);
-        }
-        self.stored_text
-            .get_or_init(|| match &self.body {
-                Body::Direct { text, .. } => Arc::clone(text),
-                Body::Room { text, .. } | Body::Server { text, .. } => Arc::from(text.as_str()),
-                Body::Receipt { id, .. } => Arc::from(id.as_str()),
-                Body::Presence { .. } | Body::Binary { .. } => Arc::from(""),
-            })
-            .clone()
+        let text = match &self.body {
+            // Already shared: no copy and no cache.
+            Body::Direct { text, .. } => return Arc::clone(text),
+            Body::Room { text, .. } | Body::Server { text, .. } => text.as_str(),
+            Body::Receipt { id, .. } => id.as_str(),
+            Body::Presence { .. } | Body::Binary { .. } => "",
+        };
+        self.stored_text.get_or_init(|| Arc::from(text)).clone()
     }
 
     /// The v1 text frame for the recipient's `seq`. `None` for binary payloads.
