@@ -14,6 +14,12 @@
 //!   client-ack session sends `ack` frames, an auto-ack session (classic,
 //!   browsers, v1 without `resume`) acknowledges what the writer has put on
 //!   the socket.
+//! - A live delivery that no sender waits for (a classic DM, an operator
+//!   broadcast) is **held** by its inbox instead of being appended at once:
+//!   its ack usually comes within milliseconds and then the store never
+//!   sees it. What is still unacknowledged is handed to the store by
+//!   [`Hub::save_unsaved`] within [`UNSAVED_SWEEP`] × 2, when the session
+//!   ends, or ahead of the next append for the same name (issue 6).
 //! - A sender's client ids are remembered for [`HubLimits::dedup_window`]:
 //!   a retried id is acknowledged as a duplicate and not delivered again.
 //!
@@ -21,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 
 use switchboard_protocol::v1::Since;
 use switchboard_protocol::{ClientName, RoomName};
@@ -34,6 +40,12 @@ use crate::store::{
     Entry, InboxStats, Loaded, Op, Receipt, Record, RecordKind, RoomPublish, RoomRecord,
     RouteOutcome, RouteRequest, Snapshot, Store, StoreListener,
 };
+
+/// How often the server calls [`Hub::save_unsaved`]: a live delivery the
+/// hub holds for its ack is handed to the store after one to two periods,
+/// so a crash loses at most the last second of unacknowledged live traffic
+/// nobody waited for, as docs/durability.md says.
+pub const UNSAVED_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How the hub took a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +326,9 @@ impl Hub {
         let mut inbox = client.inbox.lock();
         if inbox.live.as_ref().is_some_and(|(session, _)| *session == client.session) {
             inbox.live = None;
+            // Before the next session's replay (and, with shared inboxes,
+            // before the name is released), which must see them.
+            client.inbox.save(&mut inbox, u64::MAX);
         }
         drop(inbox);
         if client.inbox.store().is_none_or(Store::shares_inboxes) {
@@ -322,11 +337,13 @@ impl Hub {
     }
 
     /// Delivers `message` to one inbox: with a durable store and a storable
-    /// message, appended to the store first (before anything could
-    /// acknowledge it), then pushed to the live session if there is one.
+    /// message, kept first (before anything could acknowledge it), then
+    /// pushed to the live session if there is one. Kept means appended to
+    /// the store, or, for a live delivery no sender waits for, held by the
+    /// inbox until acknowledged or handed to the store (see `inbox.rs`).
     pub(crate) fn deliver_kept(
         &self,
-        inbox: &Inbox,
+        inbox: &Arc<Inbox>,
         message: &Arc<Message>,
         origin: Origin<'_>,
     ) -> Result<Accepted, RouteError> {
@@ -345,7 +362,7 @@ impl Hub {
     /// ([`Hub::kept_record`]), once for all of a broadcast's recipients.
     pub(crate) fn deliver_kept_as(
         &self,
-        inbox: &Inbox,
+        inbox: &Arc<Inbox>,
         message: &Arc<Message>,
         record: Option<&Arc<Record>>,
         origin: Origin<'_>,
@@ -381,15 +398,39 @@ impl Hub {
         }
         let seq = inbox.take_seq(&mut state);
         let online = state.live.is_some();
-        let append = Op::Append {
-            name: name.to_shared(),
-            seq,
-            record: Arc::clone(record),
-            client_id: origin.id.map(str::to_owned),
-            receipt: origin.receipt && origin.id.is_some(),
-            live: online,
-        };
-        store.submit(append).map_err(|error| RouteError::StoreUnavailable(error.to_string()))?;
+        // Issue 6: a live delivery no sender waits for is held by the inbox,
+        // most likely until its ack, and costs the store nothing. While the
+        // store is refusing work, it is refused like any other (bounded
+        // memory: a held delivery goes to the store within a second).
+        let holdable = online
+            && origin.id.is_none()
+            && !origin.confirm
+            && origin.reply.is_none()
+            && store.accepting();
+        match holdable.then(|| Inbox::hold(&mut state, seq, record)).flatten() {
+            Some(list) => {
+                if list {
+                    self.unsaved_list().push(Arc::clone(inbox));
+                }
+            }
+            None => {
+                // What the inbox holds goes first: the store sees each
+                // name's appends in seq order.
+                inbox.save(&mut state, u64::MAX);
+                let append = Op::Append {
+                    name: name.to_shared(),
+                    seq,
+                    record: Arc::clone(record),
+                    client_id: origin.id.map(str::to_owned),
+                    receipt: origin.receipt && origin.id.is_some(),
+                    live: online,
+                };
+                store
+                    .submit(append)
+                    .map_err(|error| RouteError::StoreUnavailable(error.to_string()))?;
+                Inbox::appended(&mut state, seq);
+            }
+        }
         state.depth += 1;
         state.bytes += size;
         self.shared.stored_bytes.fetch_add(size, Ordering::Relaxed);
@@ -676,21 +717,55 @@ impl Hub {
 
     /// A client-ack session acknowledges every delivery up to `seq`.
     pub fn ack(&self, client: &Client, seq: u64) {
-        let Some(store) = client.inbox.store() else { return };
-        let upto = seq.min(client.inbox.lock().next_seq.saturating_sub(1));
-        if upto > 0 {
-            let _ = store.submit(Op::Ack { name: client.name.to_shared(), upto });
-        }
+        self.acknowledge(&client.inbox, seq);
     }
 
     /// An auto-ack session's writer put every stored delivery up to `seq`
     /// on the socket.
     pub fn written(&self, client: &Client, seq: u64) {
         if client.ack_mode == AckMode::Auto {
-            if let Some(store) = client.inbox.store() {
-                let _ = store.submit(Op::Ack { name: client.name.to_shared(), upto: seq });
-            }
+            self.acknowledge(&client.inbox, seq);
         }
+    }
+
+    fn acknowledge(&self, inbox: &Inbox, seq: u64) {
+        if inbox.store().is_none() {
+            return;
+        }
+        let mut state = inbox.lock();
+        let upto = seq.min(state.next_seq.saturating_sub(1));
+        if upto == 0 {
+            return;
+        }
+        let bytes = inbox.acknowledge(&mut state, upto);
+        drop(state);
+        if bytes > 0 {
+            self.uncount_stored(bytes);
+        }
+    }
+
+    /// Takes `bytes` off the hub-wide count of stored bytes.
+    fn uncount_stored(&self, bytes: u64) {
+        let _ = self
+            .shared
+            .stored_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+    }
+
+    /// Issue 6: hands to the store every live delivery an inbox has held
+    /// since the last call or before (so for one to two periods of the
+    /// caller's), and with `all` every one. The server calls it every
+    /// [`UNSAVED_SWEEP`], and with `all` at shutdown.
+    pub fn save_unsaved(&self, all: bool) {
+        let listed = std::mem::take(&mut *self.unsaved_list());
+        let still: Vec<Arc<Inbox>> = listed.into_iter().filter(|inbox| inbox.sweep(all)).collect();
+        if !still.is_empty() {
+            self.unsaved_list().extend(still);
+        }
+    }
+
+    fn unsaved_list(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Inbox>>> {
+        self.shared.unsaved.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Deletes every stored entry of `name` (operator purge).
@@ -710,9 +785,14 @@ impl Hub {
         }
         let inbox = self.inbox_of(name).ok_or_else(|| RouteError::UnknownRecipient(name.into()))?;
         let Some(store) = inbox.store() else { return Ok(()) };
+        let mut state = inbox.lock();
         store
             .submit(Op::Purge { name: inbox.name().to_shared() })
-            .map_err(|error| RouteError::StoreUnavailable(error.to_string()))
+            .map_err(|error| RouteError::StoreUnavailable(error.to_string()))?;
+        let bytes = inbox.forget_unsaved(&mut state);
+        drop(state);
+        self.uncount_stored(bytes);
+        Ok(())
     }
 
     /// Depth and age of `name`'s inbox, or `None` for a name with no inbox.
@@ -738,7 +818,9 @@ impl Hub {
         }
         let inbox = self.inbox_of(name)?;
         let (online, next_seq) = {
-            let state = inbox.lock();
+            let mut state = inbox.lock();
+            // The store's figures must include what the inbox holds.
+            inbox.save(&mut state, u64::MAX);
             (state.live.is_some(), state.next_seq)
         };
         // The store's figures, not the hub's running estimate: they account
@@ -979,10 +1061,7 @@ impl StoreListener for Listener {
             state.depth = state.depth.saturating_sub(entries);
             state.bytes = state.bytes.saturating_sub(bytes);
         }
-        let _ = hub
-            .shared
-            .stored_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+        hub.uncount_stored(bytes);
     }
 
     fn receipts(&self, receipts: Vec<Receipt>) {

@@ -12,6 +12,13 @@
 //! With a durable store an inbox exists for every *known* name (one that has
 //! connected) and outlives its sessions; in `--ephemeral` mode it lives and
 //! dies with the session, exactly as the hub behaved before issue 7.
+//!
+//! A stored delivery to an online client that no sender waits for is not
+//! queued to the store at once: the inbox holds it ([`Unsaved`]) until the
+//! client acknowledges it, which is the common case and then costs the store
+//! nothing, or until it has waited a sweep period or two, its session ends,
+//! or a delivery that must be stored at once comes for the same name. Then
+//! it is handed to the store, in seq order (issue 6).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,12 +27,16 @@ use switchboard_protocol::ClientName;
 
 use super::message::Message;
 use super::outbox::{Outbox, Outgoing, PushError};
-use crate::store::{Op, Store};
+use crate::store::{Op, Record, Store};
 
 pub(crate) use crate::store::LEASE_STEP;
 
 /// Most client ids remembered per sender for deduplication.
 const DEDUP_IDS: usize = 4096;
+
+/// Most live deliveries one inbox holds unsaved; beyond, they go to the
+/// store at once (a client-ack session that does not acknowledge).
+const UNSAVED_MAX: usize = 4096;
 
 /// One name's delivery state.
 #[derive(Debug)]
@@ -51,6 +62,29 @@ pub(crate) struct InboxState {
     pub(crate) live: Option<(u64, Outbox)>,
     /// Client ids this name used recently as a sender.
     pub(crate) recent: DedupWindow,
+    /// Live deliveries not handed to the store yet (issue 6).
+    pub(crate) unsaved: Unsaved,
+}
+
+/// Stored deliveries to the live session that the inbox holds instead of
+/// the store, oldest first, and what the store may hold besides.
+///
+/// Each counts in the inbox's `depth` and `bytes` like a stored entry. An
+/// acknowledgement drops the held ones in memory and reaches the store only
+/// when the store may hold some of the acknowledged seqs.
+#[derive(Debug, Default)]
+pub(crate) struct Unsaved {
+    entries: VecDeque<(u64, Arc<Record>)>,
+    /// Entries up to this seq were already held at the last sweep, so have
+    /// waited at least a sweep period.
+    aged_upto: u64,
+    /// On the hub's list of inboxes to sweep.
+    listed: bool,
+    /// Highest seq appended to the store (conservatively: everything
+    /// numbered before this inbox was loaded may be on disk).
+    stored_upto: u64,
+    /// Highest seq an `Ack` sent to the store covers.
+    store_acked: u64,
 }
 
 impl Inbox {
@@ -66,6 +100,7 @@ impl Inbox {
                 bytes: 0,
                 live: None,
                 recent: DedupWindow::default(),
+                unsaved: Unsaved { stored_upto: next_seq.saturating_sub(1), ..Unsaved::default() },
             }),
         }
     }
@@ -111,6 +146,103 @@ impl Inbox {
             self.lease(state, next);
             state.next_seq = next;
         }
+    }
+
+    /// Holds a live delivery instead of appending it to the store: `None`
+    /// when it must be appended now (too many held), else whether this
+    /// inbox must be put on the hub's sweep list (it is not on it yet).
+    pub(crate) fn hold(state: &mut InboxState, seq: u64, record: &Arc<Record>) -> Option<bool> {
+        let unsaved = &mut state.unsaved;
+        if unsaved.entries.len() >= UNSAVED_MAX {
+            return None;
+        }
+        unsaved.entries.push_back((seq, Arc::clone(record)));
+        Some(!std::mem::replace(&mut unsaved.listed, true))
+    }
+
+    /// Notes that the delivery numbered `seq` was appended to the store.
+    pub(crate) fn appended(state: &mut InboxState, seq: u64) {
+        state.unsaved.stored_upto = state.unsaved.stored_upto.max(seq);
+    }
+
+    /// Hands the held deliveries with seq ≤ `upto` to the store, oldest
+    /// first. They go as not live: they are written with their batch.
+    pub(crate) fn save(&self, state: &mut InboxState, upto: u64) {
+        let Some(store) = &self.store else { return };
+        let unsaved = &mut state.unsaved;
+        while let Some((seq, record)) = unsaved.entries.front() {
+            if *seq > upto {
+                break;
+            }
+            let append = Op::Append {
+                name: self.name.to_shared(),
+                seq: *seq,
+                record: Arc::clone(record),
+                client_id: None,
+                receipt: false,
+                live: false,
+            };
+            if let Err(error) = store.hand_over(append) {
+                // Only a closed store refuses; the entries stay held.
+                tracing::warn!(name = %self.name, %error, "cannot save held deliveries");
+                return;
+            }
+            unsaved.stored_upto = unsaved.stored_upto.max(*seq);
+            unsaved.entries.pop_front();
+        }
+    }
+
+    /// One sweep: saves what was already held at the last sweep (or
+    /// everything, with `all`), and marks what is held now. True while
+    /// something is still held (the inbox stays on the sweep list).
+    pub(crate) fn sweep(&self, all: bool) -> bool {
+        let mut state = self.lock();
+        let upto = if all { u64::MAX } else { state.unsaved.aged_upto };
+        self.save(&mut state, upto);
+        let unsaved = &mut state.unsaved;
+        unsaved.aged_upto = unsaved.entries.back().map_or(0, |(seq, _)| *seq);
+        unsaved.listed = !unsaved.entries.is_empty();
+        if !unsaved.listed {
+            // Off the list until its next delivery: an idle inbox keeps no
+            // buffer (issue 6, idle memory).
+            unsaved.entries = VecDeque::new();
+        }
+        unsaved.listed
+    }
+
+    /// Every delivery up to `upto` is acknowledged: drops the held ones and
+    /// tells the store when it may hold some. Returns the bytes dropped in
+    /// memory (the caller owns the hub-wide count).
+    pub(crate) fn acknowledge(&self, state: &mut InboxState, upto: u64) -> u64 {
+        let (mut entries, mut bytes) = (0, 0);
+        let unsaved = &mut state.unsaved;
+        while unsaved.entries.front().is_some_and(|(seq, _)| *seq <= upto) {
+            if let Some((_, record)) = unsaved.entries.pop_front() {
+                entries += 1;
+                bytes += record.size() as u64;
+            }
+        }
+        if let Some(store) = &self.store {
+            if unsaved.stored_upto > unsaved.store_acked && upto > unsaved.store_acked {
+                let ack = Op::Ack { name: self.name.to_shared(), upto };
+                if store.hand_over(ack).is_ok() {
+                    unsaved.store_acked = upto;
+                }
+            }
+        }
+        state.depth = state.depth.saturating_sub(entries);
+        state.bytes = state.bytes.saturating_sub(bytes);
+        bytes
+    }
+
+    /// Drops every held delivery (the operator purges the inbox); returns
+    /// their bytes.
+    pub(crate) fn forget_unsaved(&self, state: &mut InboxState) -> u64 {
+        let dropped = std::mem::take(&mut state.unsaved.entries);
+        let bytes = dropped.iter().map(|(_, record)| record.size() as u64).sum();
+        state.depth = state.depth.saturating_sub(dropped.len() as u64);
+        state.bytes = state.bytes.saturating_sub(bytes);
+        bytes
     }
 
     fn lease(&self, state: &mut InboxState, seq: u64) {

@@ -46,7 +46,7 @@ use crate::store::Store;
 use durable::Origin;
 use inbox::Inbox;
 
-pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta};
+pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta, UNSAVED_SWEEP};
 pub use event::{EventKind, HubEvent};
 pub use liveness::{Keepalive, Liveness};
 pub use message::{now_ms, Body, Message};
@@ -424,6 +424,9 @@ struct Shared {
     store: OnceLock<Store>,
     /// Issue 7: bytes in every inbox together.
     stored_bytes: AtomicU64,
+    /// Issue 6: inboxes that may hold live deliveries not handed to the
+    /// store yet ([`Hub::save_unsaved`] goes through them).
+    unsaved: Mutex<Vec<Arc<Inbox>>>,
 }
 
 #[derive(Debug, Default)]
@@ -520,6 +523,7 @@ impl Hub {
                 bus: OnceLock::new(),
                 store: OnceLock::new(),
                 stored_bytes: AtomicU64::new(0),
+                unsaved: Mutex::new(Vec::new()),
             }),
         }
     }

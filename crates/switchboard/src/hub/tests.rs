@@ -145,3 +145,111 @@ fn a_broadcast_is_encoded_once_for_all_recipients() {
         first = Some(message);
     }
 }
+
+/// A durable hub on a fresh SQLite store in `dir`.
+fn durable_hub(dir: &std::path::Path) -> (Hub, Store) {
+    let hub = Hub::new(HubLimits::default());
+    let config = crate::store::StoreConfig {
+        data_dir: dir.join("data"),
+        sync: crate::store::SyncPolicy::Off,
+        max_batch: 1024,
+        queue_limit_bytes: 1 << 20,
+        max_age: std::time::Duration::from_secs(3600),
+        dedup_window: std::time::Duration::from_secs(600),
+        room_history: 3,
+    };
+    let (store, snapshot) =
+        Store::open(config, hub.store_listener()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(hub.attach_store(store.clone(), snapshot));
+    (hub, store)
+}
+
+/// The seqs and texts of `name`'s entries in the store, after everything
+/// submitted before (a read sees every earlier operation).
+fn stored(store: &Store, name: &str) -> Vec<(u64, String)> {
+    let entries = store.replay(name, 0, u64::MAX, false).blocking_recv();
+    let entries = entries.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+    entries.into_iter().map(|entry| (entry.seq, entry.record.text.to_string())).collect()
+}
+
+/// The seqs of the deliveries queued for a client, in order.
+fn delivered_seqs(rx: &mut OutboxReceiver) -> Vec<u64> {
+    std::iter::from_fn(|| rx.try_recv())
+        .filter_map(|item| match item {
+            Outgoing::Deliver { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn live_deliveries_are_held_until_acknowledged_swept_or_the_session_ends() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (hub, store) = durable_hub(dir.path());
+    let (alice, _a) = join(&hub, "alice");
+    let (bob, mut bob_rx) = join(&hub, "bob");
+    let dm = |text: &str, meta: SendMeta| {
+        hub.send_direct(alice.client(), "bob", text.into(), meta).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let inbox = hub.inbox_of("bob").unwrap_or_else(|| panic!("bob has an inbox"));
+    let depth = || inbox.lock().depth;
+
+    // Live, nobody waits: held by the inbox, not in the store, yet counted.
+    assert_eq!(dm("one", SendMeta::default()), Accepted::Live);
+    assert_eq!(dm("two", SendMeta::default()), Accepted::Live);
+    assert!(stored(&store, "bob").is_empty(), "held, not stored");
+    assert_eq!(depth(), 2);
+    assert!(hub.stored_bytes() > 0);
+    let seqs = delivered_seqs(&mut bob_rx);
+    assert_eq!(seqs.len(), 2);
+
+    // Unacknowledged: the first sweep marks them, the second saves them.
+    hub.save_unsaved(false);
+    assert!(stored(&store, "bob").is_empty(), "not aged yet");
+    hub.save_unsaved(false);
+    assert_eq!(stored(&store, "bob"), vec![(seqs[0], "one".into()), (seqs[1], "two".into())]);
+
+    // A held delivery goes to the store ahead of one a sender waits for.
+    dm("three", SendMeta::default());
+    dm("four", SendMeta { id: Some("x".into()), ..SendMeta::default() });
+    let later = delivered_seqs(&mut bob_rx);
+    assert_eq!(
+        stored(&store, "bob").into_iter().map(|(_, text)| text).collect::<Vec<_>>(),
+        ["one", "two", "three", "four"],
+        "in seq order"
+    );
+
+    // Acknowledged: gone from the store, and nothing counted.
+    hub.ack(bob.client(), later[1]);
+    assert!(stored(&store, "bob").is_empty());
+    assert_eq!((depth(), inbox.lock().bytes), (0, 0));
+
+    // Held and acknowledged at once: the store never sees it.
+    dm("five", SendMeta::default());
+    let five = delivered_seqs(&mut bob_rx)[0];
+    assert_eq!(depth(), 1);
+    hub.ack(bob.client(), five);
+    hub.save_unsaved(false);
+    hub.save_unsaved(false);
+    assert!(stored(&store, "bob").is_empty());
+    assert_eq!(depth(), 0);
+
+    // The operator's purge drops held ones too.
+    dm("six", SendMeta::default());
+    hub.purge("bob").unwrap_or_else(|e| panic!("{e}"));
+    assert!(stored(&store, "bob").is_empty());
+    assert_eq!(depth(), 0);
+
+    // A session that ends hands what it held to the store for the next one.
+    dm("seven", SendMeta::default());
+    assert!(stored(&store, "bob").is_empty());
+    drop(bob);
+    assert_eq!(
+        stored(&store, "bob").into_iter().map(|(_, text)| text).collect::<Vec<_>>(),
+        ["seven"]
+    );
+    // Wait for the store's report of the earlier acks before the last count.
+    let _ = stored(&store, "bob");
+    assert_eq!(hub.stored_bytes(), inbox.lock().bytes);
+    store.close();
+}

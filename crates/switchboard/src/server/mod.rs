@@ -162,6 +162,9 @@ pub async fn run_with_hub(
         access,
     });
     tracker.spawn(keepalive::run(ctx.hub.clone(), ctx.session_settings.clone(), token.clone()));
+    if ctx.hub.is_durable() {
+        tracker.spawn(save_unsaved(ctx.hub.clone(), token.clone()));
+    }
     let app = router(ctx.clone());
     tracing::info!(addr = %local, tls = tls.is_some(), "switchboard listening");
 
@@ -180,6 +183,8 @@ pub async fn run_with_hub(
     if tokio::time::timeout(drain + Duration::from_secs(3), tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not finish within the drain timeout");
     }
+    // Live deliveries the hub still holds for sessions that did not finish.
+    ctx.hub.save_unsaved(true);
     if let Some(task) = bus_task {
         // Shared inboxes (issue 7): the left sessions' names are released
         // once their appends are in Redis; let that happen before the bus stops.
@@ -195,6 +200,19 @@ pub async fn run_with_hub(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Issue 6: hands the live deliveries the hub holds for their ack to the
+/// store once they have waited a sweep period, until `shutdown` fires.
+async fn save_unsaved(hub: Hub, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(crate::hub::UNSAVED_SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => hub.save_unsaved(false),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 fn router(ctx: Arc<Context>) -> Router {

@@ -674,12 +674,32 @@ impl Store {
     /// # Errors
     /// As [`Store::submit`]; `then` is dropped unrun.
     pub fn submit_then(&self, op: Op, then: Option<Completion>) -> Result<(), StoreError> {
+        self.queue(op, then, true)
+    }
+
+    /// Queues an operation for work the hub has already accepted (a live
+    /// delivery it held in memory, issue 6): charged to the queue like any
+    /// other, but never refused for a full one. Refusing it would lose a
+    /// message whose sender was told it was taken; what it adds is bounded
+    /// by the deliveries the hub holds.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`].
+    pub fn hand_over(&self, op: Op) -> Result<(), StoreError> {
+        self.queue(op, None, false)
+    }
+
+    fn queue(&self, op: Op, then: Option<Completion>, limited: bool) -> Result<(), StoreError> {
         let cost = op_cost(&op);
         let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = tx.as_ref() else {
             return Err(StoreError::Closed);
         };
-        self.charge(cost)?;
+        if limited {
+            self.charge(cost)?;
+        } else {
+            self.inner.shared.queued.fetch_add(cost, Ordering::AcqRel);
+        }
         let waits = then.is_some();
         if tx.send(Cmd::Op { op, then, cost }).is_err() {
             self.inner.shared.release(cost);
@@ -695,6 +715,12 @@ impl Store {
     /// committed; at [`StoreConfig::queue_limit_bytes`] sends are refused.
     pub fn queued_bytes(&self) -> usize {
         self.inner.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// True while the queue is below its limit: a submit of an ordinary
+    /// size would be taken.
+    pub fn accepting(&self) -> bool {
+        self.inner.shared.queued.load(Ordering::Acquire) < self.inner.limit
     }
 
     /// True while the queue holds more than half its limit: readers should

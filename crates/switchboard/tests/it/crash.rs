@@ -239,3 +239,28 @@ async fn an_operator_message_answered_200_survives_kill_9() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_delivery_left_unacknowledged_for_a_second_survives_kill_9() {
+    // Issue 6: the hub holds a live delivery nobody waits for until its ack,
+    // but hands it to the store within a second (docs/durability.md), so
+    // a kill -9 after that cannot lose it.
+    let dir = temp_data_dir();
+    let dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
+    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
+    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let (status, _) = post(&server.http("/api/broadcast"), "held").await;
+    assert_eq!(status, 200);
+    let delivery = bob.recv_json().await;
+    assert_eq!(delivery["text"], "held", "{delivery}");
+    // Not acknowledged: bob's session is in client-ack mode and stays open.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.signal("KILL").await;
+    assert_eq!(server.wait().await, None, "killed by a signal");
+    drop(bob);
+
+    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
+    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let replayed = bob.recv_json().await;
+    assert_eq!((&replayed["text"], &replayed["seq"]), (&json!("held"), &delivery["seq"]));
+}

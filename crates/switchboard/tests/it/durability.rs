@@ -183,6 +183,56 @@ async fn classic_clients_receive_their_stored_messages_in_the_classic_shape() {
     wait_depth(&server, "bob", 0).await;
 }
 
+/// Issue 6: a live delivery no sender waits for (a classic DM, an operator
+/// broadcast) is held by the hub, not written, until the recipient
+/// acknowledges it; one never acknowledged is replayed to the next session
+/// like any stored entry, with its seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_deliveries_nobody_waited_for_are_replayed_when_never_acknowledged() {
+    let server = TestServer::start_with(config(|c| c.rate_messages_per_sec = 0)).await;
+    let (mut bob, _) = v1_url(&resume_url(&server, "bob", 0)).await;
+    let mut alice = classic(&server, "alice").await;
+    for i in 0..3 {
+        alice.send(&json!({"dst": "bob", "msg": format!("c{i}")}).to_string()).await;
+    }
+    let mut live = Vec::new();
+    for i in 0..4 {
+        if i == 3 {
+            let (status, body) = post(&server.http("/api/broadcast"), "to all").await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let got = bob.recv_json().await;
+        live.push((seq_of(&got), got["text"].clone()));
+    }
+    let texts: Vec<_> = live.iter().map(|(_, text)| text.clone()).collect();
+    assert_eq!(texts, [json!("c0"), json!("c1"), json!("c2"), json!("to all")]);
+    let (_, info) = inbox(&server, "bob").await;
+    assert_eq!(info["depth"], 4, "unacknowledged deliveries count in the inbox: {info}");
+
+    drop(bob); // no ack, no close frame
+    wait_offline(&server, "bob").await;
+    let (mut bob, _) = v1_url(&resume_url(&server, "bob", 0)).await;
+    for (seq, text) in &live {
+        let got = bob.recv_json().await;
+        assert_eq!((seq_of(&got), &got["text"]), (*seq, text), "replayed as delivered: {got}");
+    }
+    assert_nothing_queued(&mut bob, "after-replay").await;
+    bob.send_json(json!({"type": "ack", "seq": live[3].0})).await;
+    wait_depth(&server, "bob", 0).await;
+
+    // Acknowledged as soon as written (a classic session): nothing stays.
+    bob.close().await;
+    let mut carol = classic(&server, "carol").await;
+    for i in 0..50 {
+        alice.send(&json!({"dst": "carol", "msg": format!("d{i}")}).to_string()).await;
+    }
+    for i in 0..50 {
+        assert_eq!(carol.recv_json().await["msg"], format!("d{i}"));
+    }
+    wait_depth(&server, "carol", 0).await;
+    eventually("no stored bytes left", || server.hub.stored_bytes() == 0).await;
+}
+
 /// Bob (client-ack mode) drops out after `drop_after` of a stream of
 /// `total`; alice keeps sending; bob resumes with the last seq it processed.
 async fn resume_mid_stream(total: usize, drop_after: usize, pause_at: usize, kick: bool) {
