@@ -297,8 +297,8 @@ async fn disconnect(
 /// Answers once the message is queued to every connected client. Unlike a
 /// message to one client, it does not wait for the store: forcing a
 /// thousand recipients' copies to disk per broadcast cost ~4x the
-/// broadcast's CPU (docs/performance.md); its copies are written within
-/// the store's carry time (docs/durability.md).
+/// broadcast's CPU (docs/performance.md); the copies the recipients have
+/// not acknowledged are written within about a second (docs/durability.md).
 async fn broadcast(State(ctx): State<Arc<Context>>, body: String) -> Json<Delivered> {
     Json(Delivered { delivered: ctx.hub.broadcast(body) })
 }

@@ -33,7 +33,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// So no acknowledged message is ever only in memory; what a crash can lose
 /// is at most this much of live traffic whose senders were not told it was
 /// stored (and which had not reached the recipient). Appends for offline
-/// recipients are written at the end of their batch.
+/// recipients are written at the end of their batch. Most live deliveries
+/// never get here: the hub holds them until acked (`hub/inbox.rs`) and
+/// hands over the rest marked not live; what is still carried here is an
+/// inbox's overflow, and room history and `Touch`es.
 const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// After a batch nobody waited for, the thread naps this long before taking
