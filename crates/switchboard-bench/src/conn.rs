@@ -260,7 +260,8 @@ pub struct Encoder {
 pub enum Op<'a> {
     /// A private message to `Ident` (classic DM, or raw frame to its id).
     Dm(&'a Ident),
-    /// A v1 private message.
+    /// A v1 private message with an id (`m` and the payload's seq): the
+    /// sender gets an `ack` once the hub has taken it (stored, when durable).
     V1Dm(&'a Ident),
     /// A v1 room publish.
     Publish(&'a str),
@@ -303,7 +304,9 @@ impl Encoder {
                 body.extend_from_slice(b"\",\"msg\":\"");
             }
             Op::V1Dm(to) => {
-                body.extend_from_slice(b"{\"type\":\"dm\",\"to\":\"");
+                body.extend_from_slice(b"{\"type\":\"dm\",\"id\":\"m");
+                let _ = std::io::Write::write_fmt(body, format_args!("{seq}"));
+                body.extend_from_slice(b"\",\"to\":\"");
                 body.extend_from_slice(to.name.as_bytes());
                 body.extend_from_slice(b"\",\"text\":\"");
             }

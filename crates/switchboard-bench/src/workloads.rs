@@ -282,11 +282,28 @@ pub struct DmParams {
     /// Senders stop sending after this many seconds (whatever the count).
     #[arg(long, default_value_t = 3.0)]
     pub send_secs: f64,
+    /// The protocol of senders and receivers: classic (what the references
+    /// speak), or v1 with an id per message, so that every send is
+    /// acknowledged (stored first, when durable) and the sender reads acks.
+    #[arg(id = "dm_protocol", long = "protocol", value_enum, default_value_t = Protocol::Classic)]
+    pub protocol: Protocol,
+}
+
+/// Which protocol the `dm` workload speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Classic `{"dst","msg"}` frames, no acks.
+    Classic,
+    /// v1 `dm` envelopes with ids; each is acknowledged to its sender.
+    V1,
 }
 
 #[derive(Debug, Default)]
 struct PairResult {
     sent: u64,
+    /// v1: acks the sender received, and how many said `stored`.
+    acks: u64,
+    stored: u64,
     order: Ordered,
     lat: Vec<u64>,
     error: Option<String>,
@@ -294,6 +311,7 @@ struct PairResult {
 
 struct PairIo {
     raw: bool,
+    v1: bool,
     size: usize,
     to: Ident,
     messages: u64,
@@ -312,7 +330,7 @@ async fn dm_pair(mut io: PairIo, mut tx: Conn, mut rx: Conn) -> (PairResult, [Co
         lat: Vec::with_capacity(io.messages.min(1 << 18) as usize),
         ..Default::default()
     };
-    while r.order.received < io.messages {
+    while r.order.received < io.messages || (io.v1 && r.acks < sent) {
         let inflight = sent - r.order.received.min(sent);
         if sent < io.messages && Instant::now() >= io.send_until {
             // Time is up: stop sending, wait for what is in flight.
@@ -324,7 +342,8 @@ async fn dm_pair(mut io: PairIo, mut tx: Conn, mut rx: Conn) -> (PairResult, [Co
             out.clear();
             let t = now_ns();
             for i in 0..n {
-                enc.frame(&mut out, io.raw, Op::Dm(&io.to), sent + i, t, io.size);
+                let op = if io.v1 { Op::V1Dm(&io.to) } else { Op::Dm(&io.to) };
+                enc.frame(&mut out, io.raw, op, sent + i, t, io.size);
             }
             if let Err(e) = tx.send(&out).await {
                 r.error = Some(format!("send: {e}"));
@@ -332,16 +351,39 @@ async fn dm_pair(mut io: PairIo, mut tx: Conn, mut rx: Conn) -> (PairResult, [Co
             }
             sent += n;
         }
-        match tokio::time::timeout_at(io.deadline, rx.read_some()).await {
+        // A v1 sender reads its acks too; otherwise the hub's queue to it
+        // would fill and the hub would cut it off.
+        let read = async {
+            if io.v1 {
+                tokio::select! {
+                    read = rx.read_some() => read.map_err(|e| format!("receive: {e}")),
+                    read = tx.read_some() => read.map_err(|e| format!("read acks: {e}")),
+                }
+            } else {
+                rx.read_some().await.map_err(|e| format!("receive: {e}"))
+            }
+        };
+        match tokio::time::timeout_at(io.deadline, read).await {
             Err(_) => {
                 r.error = Some("deadline reached".into());
                 break;
             }
             Ok(Err(e)) => {
-                r.error = Some(format!("receive: {e}"));
+                r.error = Some(e);
                 break;
             }
             Ok(Ok(_)) => {}
+        }
+        while let Some((_, frame)) = tx.next_frame() {
+            if memchr::memmem::find(frame, b"\"type\":\"ack\"").is_some() {
+                r.acks += 1;
+                r.stored += u64::from(memchr::memmem::find(frame, b"\"stored\"").is_some());
+            } else if memchr::memmem::find(frame, b"\"type\":\"error\"").is_some() {
+                r.error = Some(format!("refused: {}", String::from_utf8_lossy(frame)));
+            }
+        }
+        if r.error.is_some() {
+            break;
         }
         let now = now_ns();
         let before = r.order.received;
@@ -382,10 +424,11 @@ async fn close_all(conns: impl IntoIterator<Item = Conn>) {
 /// # Errors
 /// When the clients cannot connect.
 pub async fn dm(ctx: &Arc<Ctx>, p: &DmParams, variant: &str) -> anyhow::Result<Value> {
+    let v1 = p.protocol == Protocol::V1;
     let receivers =
-        connect_all_to(ctx, ctx.receiver_target.as_ref().unwrap_or(&ctx.target), p.pairs, false)
+        connect_all_to(ctx, ctx.receiver_target.as_ref().unwrap_or(&ctx.target), p.pairs, v1)
             .await?;
-    let senders = connect_all(ctx, p.pairs, false).await?;
+    let senders = connect_all(ctx, p.pairs, v1).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let total = p.pairs as u64 * p.messages;
     let progress = Progress::new(format!("dm[{}] delivered", ctx.label), total);
@@ -398,6 +441,7 @@ pub async fn dm(ctx: &Arc<Ctx>, p: &DmParams, variant: &str) -> anyhow::Result<V
     for ((_, tx), (to, rx)) in senders.into_iter().zip(receivers) {
         let io = PairIo {
             raw: ctx.raw(),
+            v1,
             size: ctx.size,
             to,
             messages: p.messages,
@@ -411,12 +455,15 @@ pub async fn dm(ctx: &Arc<Ctx>, p: &DmParams, variant: &str) -> anyhow::Result<V
     }
     let mut lat = Latencies::default();
     let (mut sent, mut received, mut dup, mut reorder, mut other) = (0, 0, 0, 0, 0);
+    let (mut acks, mut stored) = (0, 0);
     let mut errors = Vec::new();
     let mut conns = Vec::new();
     for handle in handles {
         let (r, pair) = handle.await?;
         conns.extend(pair);
         sent += r.sent;
+        acks += r.acks;
+        stored += r.stored;
         received += r.order.received;
         dup += r.order.dup;
         reorder += r.order.reorder;
@@ -435,7 +482,10 @@ pub async fn dm(ctx: &Arc<Ctx>, p: &DmParams, variant: &str) -> anyhow::Result<V
         "planned": total, "sent": sent, "lost": sent - received.min(sent), "dup": dup,
         "out_of_order": reorder, "other_frames": other, "send_secs": p.send_secs,
         "errors": errors.len(), "first_error": errors.first(),
-        "ok": received == sent && dup == 0 && reorder == 0 && errors.is_empty(),
+        "protocol": if v1 { "v1" } else { "classic" },
+        "acks": acks, "acks_stored": stored,
+        "ok": received == sent && dup == 0 && reorder == 0 && errors.is_empty()
+            && (!v1 || acks == sent),
     });
     usage_fields(&mut fields, received, active, &usage);
     latency_fields(&mut fields, &mut lat);

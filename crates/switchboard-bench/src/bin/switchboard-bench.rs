@@ -195,12 +195,20 @@ async fn run(ctx: Arc<Ctx>, command: Command) -> anyhow::Result<Vec<Value>> {
         Command::Churn(p) => emit(&mut records, workloads::churn(&ctx, &p).await?),
         Command::All { dm, fanout, idle, rtt, churn, rtt_dm_messages } => {
             // Idle first: the RSS delta is cleanest on a fresh server.
-            let steps: [&str; 6] = ["idle", "rtt", "dm", "rtt_under_dm", "fanout", "churn"];
+            let steps: [&str; 7] =
+                ["idle", "rtt", "dm", "dm_v1", "rtt_under_dm", "fanout", "churn"];
             for step in steps {
                 let result: anyhow::Result<Vec<Value>> = match step {
                     "idle" => workloads::idle(&ctx, &idle, &rtt).await,
                     "rtt" => workloads::rtt(&ctx, &rtt).await.map(|r| vec![r]),
                     "dm" => workloads::dm(&ctx, &dm, "main").await.map(|r| vec![r]),
+                    // The structured protocol with an ack per message, which
+                    // the references do not speak.
+                    "dm_v1" if ctx.target.kind == Kind::Switchboard => {
+                        let v1 = DmParams { protocol: workloads::Protocol::V1, ..dm.clone() };
+                        workloads::dm(&ctx, &v1, "v1_acked").await.map(|r| vec![r])
+                    }
+                    "dm_v1" => Ok(Vec::new()),
                     "rtt_under_dm" => {
                         let load = DmParams { messages: rtt_dm_messages, ..dm.clone() };
                         workloads::rtt_under_dm(&ctx, &rtt, &load).await
