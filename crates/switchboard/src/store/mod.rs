@@ -440,8 +440,8 @@ struct Inner {
     shared: Arc<Shared>,
     limit: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// The store thread, unparked when someone waits for what they queue:
-    /// between batches nobody waits for, it naps (see `sqlite.rs`).
+    /// The store thread, unparked by reads: between batches it naps (see
+    /// `sqlite.rs`).
     waiter: std::thread::Thread,
     /// Inboxes live in Redis, shared by the cluster's nodes.
     shared_inboxes: bool,
@@ -700,13 +700,9 @@ impl Store {
         } else {
             self.inner.shared.queued.fetch_add(cost, Ordering::AcqRel);
         }
-        let waits = then.is_some();
         if tx.send(Cmd::Op { op, then, cost }).is_err() {
             self.inner.shared.release(cost);
             return Err(StoreError::Closed);
-        }
-        if waits {
-            self.inner.waiter.unpark();
         }
         Ok(())
     }

@@ -501,3 +501,25 @@ fn an_idle_writer_thread_calls_the_idle_hook() {
     }
     drop(store);
 }
+
+/// A waiting sender hears back only once its message is on disk (or was
+/// acknowledged first): its completion waits for the commit after its own
+/// batch, which writes a live append no ack cancelled.
+#[test]
+fn a_completion_runs_once_its_live_append_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let db = config.data_dir.join("switchboard.db");
+    let (store, _, _) = open(config);
+    let (tx, rx) = std_mpsc::channel();
+    store.submit(live_to_bob(1)).unwrap();
+    let then: Completion = Box::new(move |ok| {
+        let reader = rusqlite::Connection::open(&db).unwrap();
+        let rows: i64 =
+            reader.query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0)).unwrap();
+        tx.send((ok, rows)).unwrap();
+    });
+    store.submit_then(Op::Barrier, Some(then)).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (true, 1));
+    store.close();
+}
