@@ -381,13 +381,12 @@ impl Hub {
         };
         let limits = &self.shared.limits;
         let size = record.size() as u64;
-        if state.depth + 1 > limits.inbox_max_messages
-            || state.bytes + size > limits.inbox_max_bytes
-        {
+        let (depth, bytes) = state.unacknowledged();
+        if depth + 1 > limits.inbox_max_messages || bytes + size > limits.inbox_max_bytes {
             return Err(RouteError::InboxFull(format!(
-                "{name}'s inbox is full ({} stored messages, {} bytes; limits {} and {}): \
-                 it must connect and acknowledge first",
-                state.depth, state.bytes, limits.inbox_max_messages, limits.inbox_max_bytes
+                "{name}'s inbox is full ({depth} stored messages, {bytes} bytes; limits {} \
+                 and {}): it must connect and acknowledge first",
+                limits.inbox_max_messages, limits.inbox_max_bytes
             )));
         }
         if self.shared.stored_bytes.load(Ordering::Relaxed) + size > limits.store_max_bytes {

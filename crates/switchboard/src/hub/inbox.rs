@@ -58,6 +58,9 @@ pub(crate) struct InboxState {
     pub(crate) depth: u64,
     /// Their bytes.
     pub(crate) bytes: u64,
+    /// The highest seq the recipient has acknowledged in this process: the
+    /// entries up to it leave `depth` only once the store reports them gone.
+    pub(crate) acked_upto: u64,
     /// The live session: its id and outbox. `None` while offline.
     pub(crate) live: Option<(u64, Outbox)>,
     /// Client ids this name used recently as a sender.
@@ -98,6 +101,7 @@ impl Inbox {
                 leased: next_seq.saturating_sub(1),
                 depth: 0,
                 bytes: 0,
+                acked_upto: 0,
                 live: None,
                 recent: DedupWindow::default(),
                 unsaved: Unsaved { stored_upto: next_seq.saturating_sub(1), ..Unsaved::default() },
@@ -214,6 +218,7 @@ impl Inbox {
     /// tells the store when it may hold some. Returns the bytes dropped in
     /// memory (the caller owns the hub-wide count).
     pub(crate) fn acknowledge(&self, state: &mut InboxState, upto: u64) -> u64 {
+        state.acked_upto = state.acked_upto.max(upto);
         let (mut entries, mut bytes) = (0, 0);
         let unsaved = &mut state.unsaved;
         while unsaved.entries.front().is_some_and(|(seq, _)| *seq <= upto) {
@@ -259,6 +264,21 @@ impl Inbox {
 }
 
 impl InboxState {
+    /// Entries and bytes counted against the inbox limits: those the
+    /// recipient has not acknowledged. An acknowledged entry still counts in
+    /// `depth` until the store has deleted it, which under load comes
+    /// batches later; a recipient that keeps up must not look full for
+    /// that. At most one entry per seq above `acked_upto` can be pending;
+    /// bytes are taken in proportion.
+    pub(crate) fn unacknowledged(&self) -> (u64, u64) {
+        let above = self.next_seq.saturating_sub(1).saturating_sub(self.acked_upto);
+        if above >= self.depth {
+            return (self.depth, self.bytes);
+        }
+        let bytes = u128::from(self.bytes) * u128::from(above) / u128::from(self.depth.max(1));
+        (above, u64::try_from(bytes).unwrap_or(u64::MAX))
+    }
+
     /// Pushes a delivery to the live session, if any. `Ok(false)` when offline.
     pub(crate) fn push_live(
         &self,
@@ -331,6 +351,19 @@ mod tests {
         assert!(window.order.len() <= DEDUP_IDS);
         assert!(!window.contains("0"));
         assert!(window.contains(&(DEDUP_IDS + 9).to_string()));
+    }
+
+    #[test]
+    fn acknowledged_entries_the_store_has_not_deleted_yet_do_not_count() {
+        let name = ClientName::parse("a").unwrap_or_else(|e| panic!("{e}"));
+        let inbox = Inbox::new(name, None, 21);
+        let mut state = inbox.lock();
+        (state.depth, state.bytes) = (10, 1000);
+        assert_eq!(state.unacknowledged(), (10, 1000), "nothing acknowledged");
+        state.acked_upto = 17;
+        assert_eq!(state.unacknowledged(), (3, 300), "at most seqs 18, 19 and 20 are pending");
+        state.acked_upto = 5;
+        assert_eq!(state.unacknowledged(), (10, 1000), "fifteen seqs above: no bound");
     }
 
     #[test]

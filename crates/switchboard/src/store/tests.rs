@@ -399,12 +399,15 @@ fn sweep_removes_expired_entries_and_ids() {
     };
     assert_eq!(sent(&db), 1); // within the window
     db.execute("UPDATE sent SET ts = 1", []).unwrap();
+    // An id sent later, still in the window, is kept: the sweep deletes the
+    // expired prefix of the log only.
+    db.execute("INSERT INTO sent VALUES ('alice', 'fresh', ?1)", [now_ms() as i64]).unwrap();
     // Expired at open: neither loaded nor kept.
     db.execute("UPDATE inbox SET ts = 1", []).unwrap();
     let (store, snapshot, _) = open(cfg);
-    assert!(snapshot.recent_ids.is_empty());
+    assert_eq!(snapshot.recent_ids, [("alice".to_owned(), "fresh".to_owned())]);
     assert!(snapshot.names.is_empty()); // bob was only known by its entries
-    assert_eq!(sent(&db), 0);
+    assert_eq!(sent(&db), 1);
     store.close();
 }
 
@@ -522,4 +525,43 @@ fn a_completion_runs_once_its_live_append_is_on_disk() {
     store.submit_then(Op::Barrier, Some(then)).unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (true, 1));
     store.close();
+}
+
+/// A data directory written by the first schema (dedup ids keyed by sender
+/// and id) opens with its ids, now in the append-only `sent` log.
+#[test]
+fn a_version_1_database_is_migrated_with_its_dedup_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    db.execute_batch(
+        "CREATE TABLE sent (sender TEXT NOT NULL, client_id TEXT NOT NULL, ts INTEGER NOT NULL,
+             PRIMARY KEY (sender, client_id)) WITHOUT ROWID;
+         CREATE INDEX sent_ts ON sent (ts);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let now = now_ms() as i64;
+    db.execute("INSERT INTO sent VALUES ('alice', 'b', ?1), ('alice', 'a', ?2)", [now, now - 5])
+        .unwrap();
+    drop(db);
+
+    let (store, snapshot, _) = open(cfg.clone());
+    let mut ids = snapshot.recent_ids.clone();
+    ids.sort();
+    assert_eq!(ids, [("alice".to_owned(), "a".to_owned()), ("alice".to_owned(), "b".to_owned())]);
+    store.submit(Op::Sent { sender: "alice".into(), id: "c".to_owned() }).unwrap();
+    store.close();
+
+    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let ids: Vec<String> = db
+        .prepare("SELECT client_id FROM sent ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!((version, ids), (2, vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
 }
