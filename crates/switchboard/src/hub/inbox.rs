@@ -20,7 +20,8 @@
 //! or a delivery that must be stored at once comes for the same name. Then
 //! it is handed to the store, in seq order (issue 6).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use switchboard_protocol::ClientName;
@@ -297,39 +298,53 @@ impl InboxState {
 
 /// The client ids a sender used recently, oldest first; bounded in count
 /// (and pruned by age by the caller's clock).
+///
+/// A send evicts the oldest id once the window is full, so removal is on
+/// the hot path of v1 DMs with ids: the order keeps each id's hash, and the
+/// evicted entry is found by pointer, never by comparing strings (issue 6).
 #[derive(Debug, Default)]
 pub(crate) struct DedupWindow {
-    ids: HashSet<Arc<str>>,
-    order: VecDeque<(u64, Arc<str>)>,
+    ids: hashbrown::HashTable<Arc<str>>,
+    hasher: foldhash::fast::RandomState,
+    /// (when, hash, id), oldest first.
+    order: VecDeque<(u64, u64, Arc<str>)>,
 }
 
 impl DedupWindow {
     /// True when `id` was used within the window.
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        let hash = self.hasher.hash_one(id);
+        self.ids.find(hash, |kept| &**kept == id).is_some()
     }
 
     /// Forgets `id` (its send failed after all).
     pub(crate) fn remove(&mut self, id: &str) {
-        if self.ids.remove(id) {
-            self.order.retain(|(_, kept)| &**kept != id);
+        let hash = self.hasher.hash_one(id);
+        if let Ok(entry) = self.ids.find_entry(hash, |kept| &**kept == id) {
+            let (kept, _) = entry.remove();
+            self.order.retain(|(_, _, other)| !Arc::ptr_eq(other, &kept));
         }
     }
 
     /// Remembers `id` at `now_ms`, forgetting ids older than `window_ms` and
     /// the oldest beyond [`DEDUP_IDS`].
     pub(crate) fn insert(&mut self, id: &str, now_ms: u64, window_ms: u64) {
-        while let Some((at, _)) = self.order.front() {
+        while let Some((at, _, _)) = self.order.front() {
             if self.order.len() < DEDUP_IDS && now_ms.saturating_sub(*at) <= window_ms {
                 break;
             }
-            if let Some((_, old)) = self.order.pop_front() {
-                self.ids.remove(&old);
+            if let Some((_, hash, old)) = self.order.pop_front() {
+                if let Ok(entry) = self.ids.find_entry(hash, |kept| Arc::ptr_eq(kept, &old)) {
+                    entry.remove();
+                }
             }
         }
-        let id: Arc<str> = Arc::from(id);
-        if self.ids.insert(id.clone()) {
-            self.order.push_back((now_ms, id));
+        let hash = self.hasher.hash_one(id);
+        if self.ids.find(hash, |kept| &**kept == id).is_none() {
+            let id: Arc<str> = Arc::from(id);
+            let hasher = &self.hasher;
+            self.ids.insert_unique(hash, Arc::clone(&id), |kept| hasher.hash_one(&**kept));
+            self.order.push_back((now_ms, hash, id));
         }
     }
 }
@@ -349,8 +364,18 @@ mod tests {
             window.insert(&i.to_string(), 2000, 1000);
         }
         assert!(window.order.len() <= DEDUP_IDS);
+        assert_eq!(window.ids.len(), window.order.len(), "evicted from both");
         assert!(!window.contains("0"));
         assert!(window.contains(&(DEDUP_IDS + 9).to_string()));
+        // A failed send's id is forgotten, and can be used again.
+        let last = (DEDUP_IDS + 9).to_string();
+        window.remove(&last);
+        assert!(!window.contains(&last));
+        assert_eq!(window.ids.len(), window.order.len());
+        window.insert(&last, 2000, 1000);
+        window.insert(&last, 2000, 1000);
+        assert!(window.contains(&last));
+        assert_eq!(window.ids.len(), window.order.len(), "remembered once");
     }
 
     #[test]
