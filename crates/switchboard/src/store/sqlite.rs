@@ -47,8 +47,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// stored (and which had not reached the recipient). Appends for offline
 /// recipients are written at the end of their batch. Most live deliveries
 /// never get here: the hub holds them until acked (`hub/inbox.rs`) and
-/// hands over the rest marked not live; what is still carried here is an
-/// inbox's overflow, and room history and `Touch`es.
+/// hands over the rest marked not live. What is still carried here: live
+/// appends a sender waits for (for one batch, [`Due::Earlier`]), an inbox's
+/// overflow, and room history and `Touch`es.
 const CARRY_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// After a batch, the thread naps this long before taking the next one,
