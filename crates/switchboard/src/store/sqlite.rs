@@ -1025,38 +1025,57 @@ mod carry_tests {
         names.iter().map(|n| Op::Ack { name: Name::from(n.as_str()), upto }).collect()
     }
 
+    /// A database in a temporary directory and the state `write_batch`
+    /// keeps between batches.
+    struct Batches {
+        _dir: tempfile::TempDir,
+        conn: Connection,
+        on_disk: OnDisk,
+        carry: Carry,
+    }
+
+    impl Batches {
+        fn new() -> Batches {
+            let dir = tempfile::tempdir().unwrap();
+            let conn = open(&dir.path().join("switchboard.db"), SyncPolicy::Off).unwrap();
+            Batches { _dir: dir, conn, on_disk: OnDisk::new(), carry: Carry::default() }
+        }
+
+        /// Writes one batch; returns the rows in `inbox` and the appends
+        /// still carried.
+        fn write(&mut self, mut ops: Vec<Op>, due: Due) -> (i64, usize) {
+            let (conn, carry) = (&mut self.conn, &mut self.carry);
+            write_batch(conn, &mut ops, 0, &mut self.on_disk, carry, due).unwrap();
+            let rows = conn.query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0)).unwrap();
+            (rows, carry.entries)
+        }
+    }
+
     /// Acknowledged names keep their empty lists for their next delivery,
     /// but never more than `SPARE_CAPACITY` of them (bounded memory).
     #[test]
     fn emptied_lists_are_kept_up_to_a_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = open(&dir.path().join("switchboard.db"), SyncPolicy::Off).unwrap();
-        let (mut on_disk, mut carry) = (OnDisk::new(), Carry::default());
-        let mut batch = |ops: Vec<Op>, carry: &mut Carry, everything: bool| {
-            let everything = if everything { Due::All } else { Due::Aged };
-            let mut ops = ops;
-            write_batch(&mut conn, &mut ops, 0, &mut on_disk, carry, everything).unwrap();
-        };
+        let mut b = Batches::new();
         // A live fanout to a few names: delivered and acknowledged.
         let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
-        batch(names.iter().map(|n| live(n, 1)).collect(), &mut carry, false);
-        batch(acks(&names, 1), &mut carry, false);
-        assert_eq!(carry.entries, 0);
-        assert_eq!(carry.by_name.len(), 10, "emptied lists are kept");
-        assert!(carry.by_name.values().all(Vec::is_empty));
-        // A batch that writes everything (a sender waits on it) keeps them too.
-        batch(Vec::new(), &mut carry, true);
-        assert_eq!(carry.by_name.len(), 10, "emptied lists survive a full write");
+        b.write(names.iter().map(|n| live(n, 1)).collect(), Due::Aged);
+        b.write(acks(&names, 1), Due::Aged);
+        assert_eq!(b.carry.entries, 0);
+        assert_eq!(b.carry.by_name.len(), 10, "emptied lists are kept");
+        assert!(b.carry.by_name.values().all(Vec::is_empty));
+        // A batch that writes everything (a read follows it) keeps them too.
+        b.write(Vec::new(), Due::All);
+        assert_eq!(b.carry.by_name.len(), 10, "emptied lists survive a full write");
         // The next delivery to them lands in the kept lists.
-        batch(names.iter().map(|n| live(n, 2)).collect(), &mut carry, false);
-        assert_eq!((carry.entries, carry.by_name.len()), (10, 10));
-        batch(acks(&names, 2), &mut carry, false);
+        b.write(names.iter().map(|n| live(n, 2)).collect(), Due::Aged);
+        assert_eq!((b.carry.entries, b.carry.by_name.len()), (10, 10));
+        b.write(acks(&names, 2), Due::Aged);
         // Many more names than the bound: the empty lists go.
         let many: Vec<String> = (0..SPARE_CAPACITY * 2).map(|i| format!("m{i}")).collect();
-        batch(many.iter().map(|n| live(n, 1)).collect(), &mut carry, false);
-        batch(acks(&many, 1), &mut carry, false);
-        assert_eq!(carry.entries, 0);
-        assert!(carry.by_name.len() <= SPARE_CAPACITY, "{} lists kept", carry.by_name.len());
+        b.write(many.iter().map(|n| live(n, 1)).collect(), Due::Aged);
+        b.write(acks(&many, 1), Due::Aged);
+        assert_eq!(b.carry.entries, 0);
+        assert!(b.carry.by_name.len() <= SPARE_CAPACITY, "{} lists kept", b.carry.by_name.len());
     }
 
     /// A batch a sender waits on writes every append of earlier batches but
@@ -1064,25 +1083,15 @@ mod carry_tests {
     /// still cancel it; one not acknowledged by then is written.
     #[test]
     fn a_waiting_batch_keeps_its_own_appends_for_one_more_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = open(&dir.path().join("switchboard.db"), SyncPolicy::Off).unwrap();
-        let (mut on_disk, mut carry) = (OnDisk::new(), Carry::default());
-        let mut batch = |ops: Vec<Op>, carry: &mut Carry, due: Due| {
-            let mut ops = ops;
-            write_batch(&mut conn, &mut ops, 0, &mut on_disk, carry, due).unwrap();
-            let rows = |conn: &Connection| -> i64 {
-                conn.query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0)).unwrap()
-            };
-            (rows(&conn), carry.entries)
-        };
+        let mut b = Batches::new();
         // Acknowledged in the next batch: never written.
-        assert_eq!(batch(vec![live("bob", 1)], &mut carry, Due::Earlier), (0, 1));
+        assert_eq!(b.write(vec![live("bob", 1)], Due::Earlier), (0, 1));
         let ack = Op::Ack { name: Name::from("bob"), upto: 1 };
-        assert_eq!(batch(vec![ack], &mut carry, Due::Earlier), (0, 0));
+        assert_eq!(b.write(vec![ack], Due::Earlier), (0, 0));
         // Not acknowledged by the next batch: written by it.
-        assert_eq!(batch(vec![live("bob", 2)], &mut carry, Due::Earlier), (0, 1));
-        assert_eq!(batch(vec![live("bob", 3)], &mut carry, Due::Earlier), (1, 1));
+        assert_eq!(b.write(vec![live("bob", 2)], Due::Earlier), (0, 1));
+        assert_eq!(b.write(vec![live("bob", 3)], Due::Earlier), (1, 1));
         // A read needs everything.
-        assert_eq!(batch(Vec::new(), &mut carry, Due::All), (2, 0));
+        assert_eq!(b.write(Vec::new(), Due::All), (2, 0));
     }
 }

@@ -318,12 +318,18 @@ fn reopen_loads_the_snapshot() {
     store.close();
 }
 
+/// Opens the database file of `cfg` directly, as another program would,
+/// creating the data directory first.
+fn raw_db(cfg: &StoreConfig) -> rusqlite::Connection {
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap()
+}
+
 #[test]
 fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    std::fs::create_dir_all(&cfg.data_dir).unwrap();
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let db = raw_db(&cfg);
     db.pragma_update(None, "user_version", 99).unwrap();
     drop(db);
     match Store::open(cfg, Arc::new(Recorder::default())) {
@@ -533,8 +539,7 @@ fn a_completion_runs_once_its_live_append_is_on_disk() {
 fn a_version_1_database_is_migrated_with_its_dedup_ids() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    std::fs::create_dir_all(&cfg.data_dir).unwrap();
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let db = raw_db(&cfg);
     db.execute_batch(
         "CREATE TABLE sent (sender TEXT NOT NULL, client_id TEXT NOT NULL, ts INTEGER NOT NULL,
              PRIMARY KEY (sender, client_id)) WITHOUT ROWID;
