@@ -179,14 +179,7 @@ impl Inbox {
             if *seq > upto {
                 break;
             }
-            let append = Op::Append {
-                name: self.name.to_shared(),
-                seq: *seq,
-                record: Arc::clone(record),
-                client_id: None,
-                receipt: false,
-                live: false,
-            };
+            let append = Op::append(self.name.to_shared(), *seq, Arc::clone(record));
             if let Err(error) = store.hand_over(append) {
                 // Only a closed store refuses; the entries stay held.
                 tracing::warn!(name = %self.name, %error, "cannot save held deliveries");

@@ -391,6 +391,22 @@ pub enum Op {
     Barrier,
 }
 
+impl Op {
+    /// An append nobody waits on or asked a receipt for, written with its
+    /// batch: a delivery the hub held and now hands over, or stored for an
+    /// offline name.
+    pub fn append(name: impl Into<Name>, seq: u64, record: impl Into<Arc<Record>>) -> Op {
+        Op::Append {
+            name: name.into(),
+            seq,
+            record: record.into(),
+            client_id: None,
+            receipt: false,
+            live: false,
+        }
+    }
+}
+
 /// Runs after an operation's transaction has committed (or failed:
 /// the argument is false when the commit failed).
 pub type Completion = Box<dyn FnOnce(bool) + Send>;

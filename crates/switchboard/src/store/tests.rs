@@ -69,14 +69,7 @@ fn record(text: &str) -> Record {
 }
 
 fn append(name: &str, seq: u64, record: Record) -> Op {
-    Op::Append {
-        name: name.into(),
-        seq,
-        record: record.into(),
-        client_id: None,
-        receipt: false,
-        live: false,
-    }
+    Op::append(name, seq, record)
 }
 
 /// An append for bob while he is online (the carry holds it).
@@ -193,7 +186,7 @@ fn ack_deletes_and_reports_removed_and_receipts() {
 fn audited(cfg: &StoreConfig) -> rusqlite::Connection {
     let (store, _, _) = open(cfg.clone());
     store.close();
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let db = raw_db(cfg);
     db.execute_batch(
         "CREATE TABLE audit (name TEXT, seq INTEGER);
          CREATE TRIGGER audit_inbox AFTER INSERT ON inbox
@@ -283,7 +276,7 @@ fn reopen_loads_the_snapshot() {
     assert!(store.inbox_stats("bob").blocking_recv().is_err());
 
     // A dedup id past the window is not loaded.
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let db = raw_db(&cfg);
     db.execute("INSERT INTO sent VALUES ('alice', 'old', 1)", []).unwrap();
     drop(db);
 
@@ -370,6 +363,11 @@ async fn overload_and_backpressure() {
     };
     assert!(matches!(refused, StoreError::Overloaded));
     assert!(accepted >= 5);
+    // Work the hub already accepted (a held delivery) is taken even now.
+    let held_delivery = || append("bob", accepted + 1, record(&"y".repeat(100)));
+    assert!(matches!(store.submit(held_delivery()), Err(StoreError::Overloaded)));
+    store.hand_over(held_delivery()).unwrap();
+    accepted += 1;
     assert!(store.congested());
     let waiter = tokio::spawn({
         let store = store.clone();
@@ -399,7 +397,7 @@ fn sweep_removes_expired_entries_and_ids() {
     assert_eq!(rec.removed("bob"), (2, 2 * old.size() as u64));
     store.close();
 
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let db = raw_db(&cfg);
     let sent = |db: &rusqlite::Connection| -> i64 {
         db.query_row("SELECT COUNT(*) FROM sent", [], |r| r.get(0)).unwrap()
     };
@@ -559,7 +557,7 @@ fn a_version_1_database_is_migrated_with_its_dedup_ids() {
     store.submit(Op::Sent { sender: "alice".into(), id: "c".to_owned() }).unwrap();
     store.close();
 
-    let db = rusqlite::Connection::open(cfg.data_dir.join(DB_FILE)).unwrap();
+    let db = raw_db(&cfg);
     let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     let ids: Vec<String> = db
         .prepare("SELECT client_id FROM sent ORDER BY rowid")

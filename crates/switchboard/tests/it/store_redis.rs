@@ -131,14 +131,7 @@ fn record(text: &str) -> Record {
 }
 
 fn append(name: &str, seq: u64, record: Record) -> Op {
-    Op::Append {
-        name: name.into(),
-        seq,
-        record: record.into(),
-        client_id: None,
-        receipt: false,
-        live: false,
-    }
+    Op::append(name, seq, record)
 }
 
 /// A delivery from alice to `to`, with generous limits and nothing to forward.
