@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::{
@@ -20,18 +21,21 @@ use super::{
 };
 
 /// `PRAGMA user_version` of the schema below; a newer file is refused, an
-/// older one is brought up to date ([`MIGRATE_FROM_1`]).
-const SCHEMA_VERSION: i64 = 2;
+/// older one is brought up to date ([`MIGRATE_SENT`]).
+const SCHEMA_VERSION: i64 = 3;
 
-/// Version 1 kept `sent` keyed by (sender, client_id) with an index on
-/// `ts`: two B-tree inserts at random places per acknowledged send, which
-/// cost ~1.2 µs of a durable v1 DM's ~6.5 (issue 6). Version 2 appends to
-/// it in time order instead; the rows are copied over.
-const MIGRATE_FROM_1: &str = "
-ALTER TABLE sent RENAME TO sent_v1;
-CREATE TABLE sent (sender TEXT NOT NULL, client_id TEXT NOT NULL, ts INTEGER NOT NULL);
-INSERT INTO sent (sender, client_id, ts) SELECT sender, client_id, ts FROM sent_v1 ORDER BY ts;
-DROP TABLE sent_v1;
+/// Versions 1 and 2 kept one `sent` row per dedup id: version 1 keyed by
+/// (sender, client_id) with an index on `ts` (two B-tree inserts at random
+/// places per acknowledged send), version 2 as a log in time order; still
+/// ~1.3 µs of a durable v1 DM's ~5–8 (issue 6). Version 3 writes one
+/// `sent_ids` row per group commit, holding that commit's ids as a JSON
+/// array. Both older tables have the same three columns; their ids are
+/// copied over, one row per timestamp.
+const MIGRATE_SENT: &str = "
+CREATE TABLE sent_ids (ts INTEGER NOT NULL, ids TEXT NOT NULL);
+INSERT INTO sent_ids (ts, ids)
+    SELECT ts, json_group_array(json_array(sender, client_id)) FROM sent GROUP BY ts ORDER BY ts;
+DROP TABLE sent;
 ";
 
 /// How often expired inbox entries and dedup ids are deleted.
@@ -94,9 +98,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `WITHOUT ROWID` because every table is looked up by its natural key; the
 /// `ts` index keeps the sweep a range delete instead of a full scan. Except
-/// `sent`, the dedup ids: written once per acknowledged send and read only
-/// when the store opens (the hub keeps the window in memory), so it is a
-/// log in rowid (time) order, appended at its end and swept from its start.
+/// `sent_ids`, the dedup ids: written once per acknowledged send and read
+/// only when the store opens (the hub keeps the window in memory), so it is
+/// a log in rowid (time) order, appended at its end and swept from its
+/// start, with one row per group commit: a JSON array of the commit's
+/// `[sender, client_id]` pairs.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
     name TEXT NOT NULL,
@@ -125,10 +131,9 @@ CREATE TABLE IF NOT EXISTS room_log (
     text TEXT NOT NULL,
     PRIMARY KEY (room, rseq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sent (
-    sender TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    ts INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS sent_ids (
+    ts INTEGER NOT NULL,
+    ids TEXT NOT NULL
 );
 ";
 
@@ -161,7 +166,7 @@ pub(super) fn open(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreErr
         SyncPolicy::Off => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous).map_err(db)?;
-    let migrate = if version == 1 { MIGRATE_FROM_1 } else { "" };
+    let migrate = if version == 1 || version == 2 { MIGRATE_SENT } else { "" };
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;{migrate}{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
     ))
@@ -229,10 +234,14 @@ pub(super) fn load(conn: &mut Connection, config: &StoreConfig) -> rusqlite::Res
     }
 
     let since = int(now.saturating_sub(millis(config.dedup_window)));
-    let mut stmt = conn.prepare("SELECT sender, client_id FROM sent WHERE ts >= ?1")?;
-    let recent_ids = stmt
-        .query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = conn.prepare("SELECT ids FROM sent_ids WHERE ts >= ?1 ORDER BY rowid")?;
+    let mut rows = stmt.query([since])?;
+    let mut recent_ids = Vec::new();
+    while let Some(row) = rows.next()? {
+        let ids: Vec<(String, String)> = serde_json::from_str(row.get_ref(0)?.as_str()?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, e.into()))?;
+        recent_ids.extend(ids);
+    }
 
     Ok(Snapshot { names, rooms, recent_ids })
 }
@@ -649,7 +658,10 @@ fn write_batch(
     let taken = Instant::now();
     let mut effects = Effects::default();
     let pending = &mut carry.by_name;
-    // (sender, client id) pairs this batch's appends already remembered.
+    // The (sender, client id) pairs this batch remembers, written as one
+    // row; the set keeps an id an append remembered from being listed again
+    // by the hub's `Sent` for it.
+    let mut ids: Vec<(Name, String)> = Vec::new();
     let mut kept_ids: HashSet<(Name, String)> = HashSet::new();
     for op in ops.drain(..) {
         match op {
@@ -659,12 +671,9 @@ fn write_batch(
                 // crash can never keep the message but forget the id, which
                 // would let a retry deliver it twice.
                 if let (Some(sender), Some(id)) = (&record.from, &client_id) {
-                    tx.prepare_cached(
-                        "INSERT INTO sent (sender, client_id, ts) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![sender, id, now])?;
+                    ids.push((Arc::clone(sender), id.clone()));
                     // The hub's `Sent` for this id (it carries the sender's
-                    // ack) usually follows in the same batch: no second write.
+                    // ack) usually follows in the same batch: listed once.
                     kept_ids.insert((Arc::clone(sender), id.clone()));
                 }
                 carry.offline |= !live;
@@ -733,11 +742,10 @@ fn write_batch(
                 .execute(params![name, int(upto)])?;
             }
             Op::Sent { sender, id } => {
-                if kept_ids.remove(&(Arc::clone(&sender), id.clone())) {
-                    continue;
+                let pair = (sender, id);
+                if !kept_ids.remove(&pair) {
+                    ids.push(pair);
                 }
-                tx.prepare_cached("INSERT INTO sent (sender, client_id, ts) VALUES (?1, ?2, ?3)")?
-                    .execute(params![sender, id, now])?;
             }
             op @ Op::RoomAppend { .. } => {
                 if room_history > 0 {
@@ -745,6 +753,12 @@ fn write_batch(
                 }
             }
         }
+    }
+    if !ids.is_empty() {
+        let pairs: Vec<(&str, &str)> = ids.iter().map(|(s, id)| (&**s, id.as_str())).collect();
+        let json = serde_json::to_string(&pairs).expect("pairs of strings serialise");
+        tx.prepare_cached("INSERT INTO sent_ids (ts, ids) VALUES (?1, ?2)")?
+            .execute(params![now, json])?;
     }
     // Carried appends that are due: all of them when a read waits on this
     // commit (or too many are held), all but this batch's when a sender
@@ -909,12 +923,12 @@ fn sweep_rows(conn: &Connection, now: u64, config: &StoreConfig) -> rusqlite::Re
         effects.removed(&name, uint(row.get(1)?));
     }
     let forgotten = int(now.saturating_sub(millis(config.dedup_window)));
-    // `sent` is in time order: the expired ids are a prefix, found by
-    // scanning up to the first id still in the window.
+    // `sent_ids` is in time order: the expired rows are a prefix, found by
+    // scanning up to the first row still in the window.
     conn.prepare_cached(
-        "DELETE FROM sent WHERE rowid < COALESCE(
-             (SELECT rowid FROM sent WHERE ts >= ?1 ORDER BY rowid LIMIT 1),
-             (SELECT MAX(rowid) FROM sent) + 1)",
+        "DELETE FROM sent_ids WHERE rowid < COALESCE(
+             (SELECT rowid FROM sent_ids WHERE ts >= ?1 ORDER BY rowid LIMIT 1),
+             (SELECT MAX(rowid) FROM sent_ids) + 1)",
     )?
     .execute([forgotten])?;
     Ok(effects)

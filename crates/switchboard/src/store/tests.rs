@@ -277,7 +277,7 @@ fn reopen_loads_the_snapshot() {
 
     // A dedup id past the window is not loaded.
     let db = raw_db(&cfg);
-    db.execute("INSERT INTO sent VALUES ('alice', 'old', 1)", []).unwrap();
+    db.execute("INSERT INTO sent_ids VALUES (1, '[[\"alice\",\"old\"]]')", []).unwrap();
     drop(db);
 
     let (store, snapshot, _) = open(cfg.clone());
@@ -399,13 +399,14 @@ fn sweep_removes_expired_entries_and_ids() {
 
     let db = raw_db(&cfg);
     let sent = |db: &rusqlite::Connection| -> i64 {
-        db.query_row("SELECT COUNT(*) FROM sent", [], |r| r.get(0)).unwrap()
+        db.query_row("SELECT COUNT(*) FROM sent_ids", [], |r| r.get(0)).unwrap()
     };
     assert_eq!(sent(&db), 1); // within the window
-    db.execute("UPDATE sent SET ts = 1", []).unwrap();
+    db.execute("UPDATE sent_ids SET ts = 1", []).unwrap();
     // An id sent later, still in the window, is kept: the sweep deletes the
     // expired prefix of the log only.
-    db.execute("INSERT INTO sent VALUES ('alice', 'fresh', ?1)", [now_ms() as i64]).unwrap();
+    db.execute("INSERT INTO sent_ids VALUES (?1, '[[\"alice\",\"fresh\"]]')", [now_ms() as i64])
+        .unwrap();
     // Expired at open: neither loaded nor kept.
     db.execute("UPDATE inbox SET ts = 1", []).unwrap();
     let (store, snapshot, _) = open(cfg);
@@ -533,38 +534,97 @@ fn a_completion_runs_once_its_live_append_is_on_disk() {
 
 /// A data directory written by the first schema (dedup ids keyed by sender
 /// and id) opens with its ids, now in the append-only `sent` log.
+/// The dedup ids of a database, in log order.
+fn logged_ids(cfg: &StoreConfig) -> (i64, Vec<Vec<(String, String)>>) {
+    let db = raw_db(cfg);
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let rows = db
+        .prepare("SELECT ids FROM sent_ids ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|json| serde_json::from_str(&json.unwrap()).unwrap())
+        .collect();
+    (version, rows)
+}
+
+fn pair(sender: &str, id: &str) -> (String, String) {
+    (sender.to_owned(), id.to_owned())
+}
+
 #[test]
-fn a_version_1_database_is_migrated_with_its_dedup_ids() {
+fn older_databases_are_migrated_with_their_dedup_ids() {
+    let version_1 = "CREATE TABLE sent (sender TEXT NOT NULL, client_id TEXT NOT NULL,
+             ts INTEGER NOT NULL, PRIMARY KEY (sender, client_id)) WITHOUT ROWID;
+         CREATE INDEX sent_ts ON sent (ts);
+         PRAGMA user_version = 1;";
+    let version_2 = "CREATE TABLE sent (sender TEXT NOT NULL, client_id TEXT NOT NULL,
+             ts INTEGER NOT NULL);
+         PRAGMA user_version = 2;";
+    for schema in [version_1, version_2] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let db = raw_db(&cfg);
+        db.execute_batch(schema).unwrap();
+        let now = now_ms() as i64;
+        db.execute(
+            "INSERT INTO sent VALUES ('alice', 'b', ?1), ('alice', 'a', ?2), ('bob', 'c', ?2)",
+            [now, now - 5],
+        )
+        .unwrap();
+        drop(db);
+
+        let (store, snapshot, _) = open(cfg.clone());
+        let mut ids = snapshot.recent_ids.clone();
+        ids.sort();
+        assert_eq!(ids, [pair("alice", "a"), pair("alice", "b"), pair("bob", "c")]);
+        store.submit(Op::Sent { sender: "carol".into(), id: "d".to_owned() }).unwrap();
+        store.close();
+
+        // One row per timestamp, in time order, then the new commit's.
+        let (version, mut rows) = logged_ids(&cfg);
+        rows[0].sort();
+        assert_eq!(
+            (version, rows),
+            (
+                3,
+                vec![
+                    vec![pair("alice", "a"), pair("bob", "c")],
+                    vec![pair("alice", "b")],
+                    vec![pair("carol", "d")]
+                ]
+            )
+        );
+    }
+}
+
+#[test]
+fn a_group_commit_writes_its_dedup_ids_in_one_row() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let db = raw_db(&cfg);
-    db.execute_batch(
-        "CREATE TABLE sent (sender TEXT NOT NULL, client_id TEXT NOT NULL, ts INTEGER NOT NULL,
-             PRIMARY KEY (sender, client_id)) WITHOUT ROWID;
-         CREATE INDEX sent_ts ON sent (ts);
-         PRAGMA user_version = 1;",
-    )
-    .unwrap();
-    let now = now_ms() as i64;
-    db.execute("INSERT INTO sent VALUES ('alice', 'b', ?1), ('alice', 'a', ?2)", [now, now - 5])
-        .unwrap();
-    drop(db);
-
-    let (store, snapshot, _) = open(cfg.clone());
-    let mut ids = snapshot.recent_ids.clone();
-    ids.sort();
-    assert_eq!(ids, [("alice".to_owned(), "a".to_owned()), ("alice".to_owned(), "b".to_owned())]);
-    store.submit(Op::Sent { sender: "alice".into(), id: "c".to_owned() }).unwrap();
+    let (store, _, _) = open(cfg.clone());
+    for n in 0..100 {
+        let mut op = append("bob", n + 1, record("hi"));
+        if let Op::Append { client_id, .. } = &mut op {
+            *client_id = Some(format!("m{n}"));
+        }
+        store.submit(op).unwrap();
+        // The hub's `Sent` for the same id: listed once when it comes in
+        // the append's batch (as it does here, but for a batch boundary).
+        store.submit(Op::Sent { sender: "alice".into(), id: format!("m{n}") }).unwrap();
+    }
+    store.submit(Op::Sent { sender: "carol".into(), id: "x".to_owned() }).unwrap();
     store.close();
 
-    let db = raw_db(&cfg);
-    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    let ids: Vec<String> = db
-        .prepare("SELECT client_id FROM sent ORDER BY rowid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!((version, ids), (2, vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
+    let (_, rows) = logged_ids(&cfg);
+    // Queued in well under a batch's nap: a few commits, not one per id.
+    assert!(rows.len() < 10, "{} rows", rows.len());
+    let mut logged: Vec<_> = rows.concat();
+    logged.dedup();
+    let mut expected: Vec<_> = (0..100).map(|n| pair("alice", &format!("m{n}"))).collect();
+    expected.push(pair("carol", "x"));
+    assert_eq!(logged, expected);
+    let (store, snapshot, _) = open(cfg);
+    assert_eq!(snapshot.recent_ids.len(), rows.iter().map(Vec::len).sum::<usize>());
+    store.close();
 }
