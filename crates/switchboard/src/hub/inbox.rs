@@ -292,53 +292,91 @@ impl InboxState {
 /// The client ids a sender used recently, oldest first; bounded in count
 /// (and pruned by age by the caller's clock).
 ///
-/// A send evicts the oldest id once the window is full, so removal is on
-/// the hot path of v1 DMs with ids: the order keeps each id's hash, and the
-/// evicted entry is found by pointer, never by comparing strings (issue 6).
+/// A send evicts the oldest id once the window is full, so eviction is on
+/// the hot path of v1 DMs with ids (issue 6). Ids live in a ring in send
+/// order, each numbered by its place in the sequence of inserts; the table
+/// holds those numbers under the id's hash. An eviction finds its entry by
+/// number, never by comparing strings, and its buffer takes the new id: no
+/// allocation per send once the window is full, and no touch of memory
+/// thousands of sends old besides the evicted slot itself.
 #[derive(Debug, Default)]
 pub(crate) struct DedupWindow {
-    ids: hashbrown::HashTable<Arc<str>>,
+    /// Insert numbers of the ids in the window, by hash.
+    ids: hashbrown::HashTable<u64>,
     hasher: foldhash::fast::RandomState,
-    /// (when, hash, id), oldest first.
-    order: VecDeque<(u64, u64, Arc<str>)>,
+    /// The ids in insert order: `ring[k]` is number `first + k`. An id that
+    /// was removed keeps its slot (no longer in `ids`) until it is evicted.
+    ring: VecDeque<Remembered>,
+    /// The insert number of `ring[0]`.
+    first: u64,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    at_ms: u64,
+    hash: u64,
+    id: String,
 }
 
 impl DedupWindow {
+    /// The slot of the id numbered `number`.
+    fn slot(&self, number: u64) -> &Remembered {
+        &self.ring[usize::try_from(number - self.first).unwrap_or(usize::MAX)]
+    }
+
+    fn find(&self, hash: u64, id: &str) -> Option<u64> {
+        self.ids.find(hash, |&number| self.slot(number).id == id).copied()
+    }
+
     /// True when `id` was used within the window.
     pub(crate) fn contains(&self, id: &str) -> bool {
-        let hash = self.hasher.hash_one(id);
-        self.ids.find(hash, |kept| &**kept == id).is_some()
+        self.find(self.hasher.hash_one(id), id).is_some()
     }
 
     /// Forgets `id` (its send failed after all).
     pub(crate) fn remove(&mut self, id: &str) {
         let hash = self.hasher.hash_one(id);
-        if let Ok(entry) = self.ids.find_entry(hash, |kept| &**kept == id) {
-            let (kept, _) = entry.remove();
-            self.order.retain(|(_, _, other)| !Arc::ptr_eq(other, &kept));
+        if let Some(number) = self.find(hash, id) {
+            if let Ok(entry) = self.ids.find_entry(hash, |&kept| kept == number) {
+                entry.remove();
+            }
         }
     }
 
     /// Remembers `id` at `now_ms`, forgetting ids older than `window_ms` and
     /// the oldest beyond [`DEDUP_IDS`].
     pub(crate) fn insert(&mut self, id: &str, now_ms: u64, window_ms: u64) {
-        while let Some((at, _, _)) = self.order.front() {
-            if self.order.len() < DEDUP_IDS && now_ms.saturating_sub(*at) <= window_ms {
+        let mut spare = None;
+        while let Some(oldest) = self.ring.front() {
+            if self.ring.len() < DEDUP_IDS && now_ms.saturating_sub(oldest.at_ms) <= window_ms {
                 break;
             }
-            if let Some((_, hash, old)) = self.order.pop_front() {
-                if let Ok(entry) = self.ids.find_entry(hash, |kept| Arc::ptr_eq(kept, &old)) {
-                    entry.remove();
-                }
+            let number = self.first;
+            if let Ok(entry) = self.ids.find_entry(oldest.hash, |&kept| kept == number) {
+                entry.remove();
             }
+            spare = self.ring.pop_front().map(|evicted| evicted.id);
+            self.first += 1;
         }
         let hash = self.hasher.hash_one(id);
-        if self.ids.find(hash, |kept| &**kept == id).is_none() {
-            let id: Arc<str> = Arc::from(id);
-            let hasher = &self.hasher;
-            self.ids.insert_unique(hash, Arc::clone(&id), |kept| hasher.hash_one(&**kept));
-            self.order.push_back((now_ms, hash, id));
+        if self.find(hash, id).is_some() {
+            return;
         }
+        let id = match spare {
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer.push_str(id);
+                buffer
+            }
+            None => id.to_owned(),
+        };
+        let number = self.first + self.ring.len() as u64;
+        self.ring.push_back(Remembered { at_ms: now_ms, hash, id });
+        let ring = &self.ring;
+        let first = self.first;
+        self.ids.insert_unique(hash, number, |&kept| {
+            ring[usize::try_from(kept - first).unwrap_or(usize::MAX)].hash
+        });
     }
 }
 
@@ -356,19 +394,71 @@ mod tests {
         for i in 0..(DEDUP_IDS + 10) {
             window.insert(&i.to_string(), 2000, 1000);
         }
-        assert!(window.order.len() <= DEDUP_IDS);
-        assert_eq!(window.ids.len(), window.order.len(), "evicted from both");
+        assert!(window.ring.len() <= DEDUP_IDS);
+        assert_eq!(window.ids.len(), window.ring.len(), "evicted from both");
         assert!(!window.contains("0"));
         assert!(window.contains(&(DEDUP_IDS + 9).to_string()));
         // A failed send's id is forgotten, and can be used again.
         let last = (DEDUP_IDS + 9).to_string();
         window.remove(&last);
         assert!(!window.contains(&last));
-        assert_eq!(window.ids.len(), window.order.len());
+        assert_eq!(window.ids.len() + 1, window.ring.len(), "its slot stays until evicted");
         window.insert(&last, 2000, 1000);
         window.insert(&last, 2000, 1000);
         assert!(window.contains(&last));
-        assert_eq!(window.ids.len(), window.order.len(), "remembered once");
+        assert_eq!(window.ids.len() + 1, window.ring.len(), "remembered once");
+        // Evicting the removed id's old slot leaves its new one alone.
+        for i in 0..(DEDUP_IDS - 1) {
+            window.insert(&format!("x{i}"), 2000, 1000);
+        }
+        assert!(window.contains(&last));
+        assert_eq!(window.ids.len(), window.ring.len());
+    }
+
+    /// The window against a plain list of the same ids, through a long
+    /// pseudo-random run of inserts (repeats included), removes and clock
+    /// steps that age ids out.
+    #[test]
+    fn dedup_window_agrees_with_a_plain_list() {
+        let mut window = DedupWindow::default();
+        let mut model: VecDeque<(u64, Option<String>)> = VecDeque::new();
+        let (mut state, mut now) = (12345u64, 0u64);
+        let (mut full, mut aged) = (false, false);
+        for step in 0..15_000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let id = format!("m{}", (state >> 33) % 6000);
+            now += (state >> 20) % 5;
+            let window_ms = 20_000;
+            match (state >> 60) % 8 {
+                0 => {
+                    window.remove(&id);
+                    for (_, kept) in model.iter_mut() {
+                        if kept.as_deref() == Some(&id) {
+                            *kept = None;
+                        }
+                    }
+                }
+                _ => {
+                    window.insert(&id, now, window_ms);
+                    while let Some((at, _)) = model.front() {
+                        if model.len() < DEDUP_IDS && now.saturating_sub(*at) <= window_ms {
+                            break;
+                        }
+                        model.pop_front();
+                    }
+                    if !model.iter().any(|(_, kept)| kept.as_deref() == Some(&id)) {
+                        model.push_back((now, Some(id.clone())));
+                    }
+                }
+            }
+            let expected = model.iter().any(|(_, kept)| kept.as_deref() == Some(&id));
+            assert_eq!(window.contains(&id), expected, "step {step}: {id}");
+            let live = model.iter().filter(|(_, kept)| kept.is_some()).count();
+            assert_eq!((window.ids.len(), window.ring.len()), (live, model.len()), "step {step}");
+            full |= model.len() == DEDUP_IDS;
+            aged |= full && model.len() < DEDUP_IDS - 100;
+        }
+        assert!(full && aged, "both bounds were reached");
     }
 
     #[test]

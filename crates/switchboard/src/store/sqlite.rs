@@ -662,7 +662,7 @@ fn write_batch(
     // row; the set keeps an id an append remembered from being listed again
     // by the hub's `Sent` for it.
     let mut ids: Vec<(Name, String)> = Vec::new();
-    let mut kept_ids: HashSet<(Name, String)> = HashSet::new();
+    let mut kept_ids: HashSet<(Name, String), foldhash::fast::RandomState> = HashSet::default();
     for op in ops.drain(..) {
         match op {
             Op::Append { name, seq, record, client_id, receipt, live } => {
