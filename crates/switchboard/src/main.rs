@@ -1,5 +1,6 @@
 //! The `switchboard` binary: parses the command line and hands off to the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -262,6 +263,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or journald gets plain
+        // text (and each logged join and leave costs less to format).
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = args.into_config()?;
     runtime()?.block_on(async move {
