@@ -25,6 +25,7 @@
 //!
 //! [`HubLimits::dedup_window`]: super::HubLimits::dedup_window
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
@@ -347,15 +348,15 @@ impl Hub {
         message: &Arc<Message>,
         origin: Origin<'_>,
     ) -> Result<Accepted, RouteError> {
-        let record = inbox.store().and_then(|_| record_for(message)).map(Arc::new);
-        self.deliver_kept_as(inbox, message, record.as_ref(), origin)
+        let kept = KeptRecord::new(message, inbox.store().is_some());
+        self.deliver_kept_as(inbox, message, &kept, origin)
     }
 
     /// What the store keeps of `message` when this hub is durable, to hand
     /// to [`Hub::deliver_kept_as`] for each of its recipients: one record
     /// however many inboxes it goes to.
-    pub(crate) fn kept_record(&self, message: &Message) -> Option<Arc<Record>> {
-        self.is_durable().then(|| record_for(message)).flatten().map(Arc::new)
+    pub(crate) fn kept_record<'a>(&self, message: &'a Message) -> KeptRecord<'a> {
+        KeptRecord::new(message, self.is_durable())
     }
 
     /// [`Hub::deliver_kept`] with the stored record computed by the caller
@@ -364,12 +365,12 @@ impl Hub {
         &self,
         inbox: &Arc<Inbox>,
         message: &Arc<Message>,
-        record: Option<&Arc<Record>>,
+        kept: &KeptRecord<'_>,
         origin: Origin<'_>,
     ) -> Result<Accepted, RouteError> {
         let name = inbox.name();
         let mut state = inbox.lock();
-        let (Some(store), Some(record)) = (inbox.store(), record) else {
+        let (Some(store), Some(size)) = (inbox.store(), kept.size) else {
             if state.live.is_none() {
                 return Err(RouteError::Offline(name.to_string()));
             }
@@ -380,7 +381,6 @@ impl Hub {
             };
         };
         let limits = &self.shared.limits;
-        let size = record.size() as u64;
         let (depth, bytes) = state.unacknowledged();
         if depth + 1 > limits.inbox_max_messages || bytes + size > limits.inbox_max_bytes {
             return Err(RouteError::InboxFull(format!(
@@ -406,7 +406,7 @@ impl Hub {
             && !origin.confirm
             && origin.reply.is_none()
             && store.accepting();
-        match holdable.then(|| Inbox::hold(&mut state, seq, record)).flatten() {
+        match holdable.then(|| Inbox::hold(&mut state, seq, message, size)).flatten() {
             Some(list) => {
                 if list {
                     self.unsaved_list().push(Arc::clone(inbox));
@@ -419,7 +419,7 @@ impl Hub {
                 let append = Op::Append {
                     name: name.to_shared(),
                     seq,
-                    record: Arc::clone(record),
+                    record: kept.record(),
                     client_id: origin.id.map(str::to_owned),
                     receipt: origin.receipt && origin.id.is_some(),
                     live: online,
@@ -1012,6 +1012,58 @@ impl Hub {
 }
 
 /// What the store keeps of a message, or `None` for messages not stored.
+/// What the store keeps of a message, built only once the store needs it:
+/// a live delivery that the inbox holds until it is acknowledged never does
+/// (issue 6). One for a message, whatever the number of its recipients, so
+/// that their appends share one record.
+pub(crate) struct KeptRecord<'a> {
+    message: &'a Message,
+    /// Bytes charged against the limits; `None` when nothing is stored (no
+    /// durable store, or a kind of message that is not kept).
+    pub(super) size: Option<u64>,
+    record: OnceCell<Arc<Record>>,
+}
+
+impl<'a> KeptRecord<'a> {
+    pub(super) fn new(message: &'a Message, durable: bool) -> KeptRecord<'a> {
+        let size = if durable { record_size(message) } else { None };
+        KeptRecord { message, size, record: OnceCell::new() }
+    }
+
+    /// The record, built on first use. Called only when `size` is known,
+    /// so the message is of a kept kind.
+    pub(super) fn record(&self) -> Arc<Record> {
+        Arc::clone(self.record.get_or_init(|| Arc::new(record_of(self.message))))
+    }
+}
+
+/// [`record_for`] of a message known to be of a kept kind (one that has a
+/// [`record_size`]); anything else is kept as an empty server message
+/// rather than lost.
+pub(super) fn record_of(message: &Message) -> Record {
+    record_for(message).unwrap_or_else(|| Record {
+        kind: RecordKind::Server,
+        ts: message.ts(),
+        from: None,
+        text: "".into(),
+        payload: None,
+    })
+}
+
+/// `record_for(message).size()` without building the record.
+fn record_size(message: &Message) -> Option<u64> {
+    let (from, text, payload) = match message.body() {
+        Body::Direct { from, text, .. } => (from.as_str().len(), text.len(), 0),
+        Body::Server { text, .. } => (0, text.len(), 0),
+        Body::Binary { from, room: None, payload } => (from.as_str().len(), 0, payload.len()),
+        Body::Receipt { to, id } => (to.as_str().len(), id.len(), 0),
+        Body::Room { .. } | Body::Presence { .. } | Body::Binary { room: Some(_), .. } => {
+            return None
+        }
+    };
+    Some(64 + (from + text + payload) as u64)
+}
+
 fn record_for(message: &Message) -> Option<Record> {
     let ts = message.ts();
     let (kind, from, payload) = match message.body() {

@@ -26,9 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use switchboard_protocol::ClientName;
 
+use super::durable::record_of;
 use super::message::Message;
 use super::outbox::{Outbox, Outgoing, PushError};
-use crate::store::{Op, Record, Store};
+use crate::store::{Op, Store};
 
 pub(crate) use crate::store::LEASE_STEP;
 
@@ -75,10 +76,14 @@ pub(crate) struct InboxState {
 ///
 /// Each counts in the inbox's `depth` and `bytes` like a stored entry. An
 /// acknowledgement drops the held ones in memory and reaches the store only
-/// when the store may hold some of the acknowledged seqs.
+/// when the store may hold some of the acknowledged seqs. A held delivery
+/// is its message (which the outbox shares until written); the store's
+/// record of it is built only when it is handed over, which most never are.
 #[derive(Debug, Default)]
 pub(crate) struct Unsaved {
-    entries: VecDeque<(u64, Arc<Record>)>,
+    /// (seq, bytes charged, message): the store's record is built only if
+    /// the delivery is handed over.
+    entries: VecDeque<(u64, u64, Arc<Message>)>,
     /// Entries up to this seq were already held at the last sweep, so have
     /// waited at least a sweep period.
     aged_upto: u64,
@@ -156,12 +161,17 @@ impl Inbox {
     /// Holds a live delivery instead of appending it to the store: `None`
     /// when it must be appended now (too many held), else whether this
     /// inbox must be put on the hub's sweep list (it is not on it yet).
-    pub(crate) fn hold(state: &mut InboxState, seq: u64, record: &Arc<Record>) -> Option<bool> {
+    pub(crate) fn hold(
+        state: &mut InboxState,
+        seq: u64,
+        message: &Arc<Message>,
+        size: u64,
+    ) -> Option<bool> {
         let unsaved = &mut state.unsaved;
         if unsaved.entries.len() >= UNSAVED_MAX {
             return None;
         }
-        unsaved.entries.push_back((seq, Arc::clone(record)));
+        unsaved.entries.push_back((seq, size, Arc::clone(message)));
         Some(!std::mem::replace(&mut unsaved.listed, true))
     }
 
@@ -175,11 +185,11 @@ impl Inbox {
     pub(crate) fn save(&self, state: &mut InboxState, upto: u64) {
         let Some(store) = &self.store else { return };
         let unsaved = &mut state.unsaved;
-        while let Some((seq, record)) = unsaved.entries.front() {
+        while let Some((seq, _, message)) = unsaved.entries.front() {
             if *seq > upto {
                 break;
             }
-            let append = Op::append(self.name.to_shared(), *seq, Arc::clone(record));
+            let append = Op::append(self.name.to_shared(), *seq, record_of(message));
             if let Err(error) = store.hand_over(append) {
                 // Only a closed store refuses; the entries stay held.
                 tracing::warn!(name = %self.name, %error, "cannot save held deliveries");
@@ -198,7 +208,7 @@ impl Inbox {
         let upto = if all { u64::MAX } else { state.unsaved.aged_upto };
         self.save(&mut state, upto);
         let unsaved = &mut state.unsaved;
-        unsaved.aged_upto = unsaved.entries.back().map_or(0, |(seq, _)| *seq);
+        unsaved.aged_upto = unsaved.entries.back().map_or(0, |(seq, _, _)| *seq);
         unsaved.listed = !unsaved.entries.is_empty();
         if !unsaved.listed {
             // Off the list until its next delivery: an idle inbox keeps no
@@ -215,10 +225,10 @@ impl Inbox {
         state.acked_upto = state.acked_upto.max(upto);
         let (mut entries, mut bytes) = (0, 0);
         let unsaved = &mut state.unsaved;
-        while unsaved.entries.front().is_some_and(|(seq, _)| *seq <= upto) {
-            if let Some((_, record)) = unsaved.entries.pop_front() {
+        while unsaved.entries.front().is_some_and(|(seq, _, _)| *seq <= upto) {
+            if let Some((_, size, _)) = unsaved.entries.pop_front() {
                 entries += 1;
-                bytes += record.size() as u64;
+                bytes += size;
             }
         }
         if let Some(store) = &self.store {
@@ -238,7 +248,7 @@ impl Inbox {
     /// their bytes.
     pub(crate) fn forget_unsaved(&self, state: &mut InboxState) -> u64 {
         let dropped = std::mem::take(&mut state.unsaved.entries);
-        let bytes = dropped.iter().map(|(_, record)| record.size() as u64).sum();
+        let bytes = dropped.iter().map(|(_, size, _)| size).sum();
         state.depth = state.depth.saturating_sub(dropped.len() as u64);
         state.bytes = state.bytes.saturating_sub(bytes);
         bytes

@@ -910,8 +910,7 @@ impl Hub {
             .values()
             .filter(|slot| {
                 let inbox = &slot.client.inbox;
-                let accepted =
-                    self.deliver_kept_as(inbox, &message, record.as_ref(), Origin::OPERATOR);
+                let accepted = self.deliver_kept_as(inbox, &message, &record, Origin::OPERATOR);
                 if accepted.is_ok() {
                     slot.client.messages_out.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1474,7 +1473,7 @@ impl Hub {
             .values()
             .filter(|slot| {
                 let inbox = &slot.client.inbox;
-                self.deliver_kept_as(inbox, &message, record.as_ref(), Origin::OPERATOR).is_ok()
+                self.deliver_kept_as(inbox, &message, &record, Origin::OPERATOR).is_ok()
             })
             .count();
         drop(state);

@@ -1,5 +1,6 @@
 //! Routing semantics, without sockets.
 
+use super::durable::KeptRecord;
 use super::*;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -252,4 +253,30 @@ fn live_deliveries_are_held_until_acknowledged_swept_or_the_session_ends() {
     let _ = stored(&store, "bob");
     assert_eq!(hub.stored_bytes(), inbox.lock().bytes);
     store.close();
+}
+
+#[test]
+fn a_kept_record_is_charged_what_the_record_built_later_weighs() {
+    let name = |raw: &str| ClientName::parse(raw).unwrap_or_else(|e| panic!("{e}"));
+    let room = RoomName::parse("lobby").unwrap_or_else(|e| panic!("{e}"));
+    let bodies = [
+        Body::Direct { from: name("alice"), to: name("bob"), text: "hello there".into() },
+        Body::Server { text: "to one".into(), broadcast: false },
+        Body::Server { text: "to all".into(), broadcast: true },
+        Body::Binary { from: name("alice"), room: None, payload: Bytes::from_static(b"\x01\x02") },
+        Body::Receipt { id: "m17".into(), to: name("bob") },
+    ];
+    for body in bodies {
+        let message = Message::new(body);
+        let kept = KeptRecord::new(&message, true);
+        let size = kept.size.unwrap_or_else(|| panic!("{message:?} is kept"));
+        assert_eq!(size, kept.record().size() as u64, "{message:?}");
+        assert_eq!(KeptRecord::new(&message, false).size, None, "ephemeral: nothing kept");
+    }
+    for body in [
+        Body::Room { room: room.clone(), from: None, text: "hi".into(), rseq: Some(1) },
+        Body::Binary { from: name("alice"), room: Some(room), payload: Bytes::new() },
+    ] {
+        assert_eq!(KeptRecord::new(&Message::new(body), true).size, None, "room traffic");
+    }
 }
