@@ -25,7 +25,7 @@
 //!
 //! [`HubLimits::dedup_window`]: super::HubLimits::dedup_window
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
@@ -33,7 +33,7 @@ use std::sync::{Arc, PoisonError, Weak};
 use switchboard_protocol::v1::Since;
 use switchboard_protocol::{ClientName, RoomName};
 
-use super::inbox::Inbox;
+use super::inbox::{Confirm, Inbox};
 use super::message::{now_ms, Body, Message};
 use super::outbox::{Outgoing, Replay};
 use super::{Client, Hub, RouteError, Shared, State};
@@ -104,12 +104,19 @@ pub(crate) struct Origin<'a> {
     /// The sender waits for the outcome once stored (an ack, the operator
     /// API's answer); otherwise it only hears of refusals.
     pub(crate) confirm: bool,
+    /// A v1 send with an id whose answer may be held with the delivery
+    /// (issue 6): where the inbox that holds it says so.
+    pub(crate) held: Option<&'a HeldAt>,
 }
+
+/// The inbox and seq of a delivery held with its sender's answer to come
+/// ([`Hub::send_as`] attaches it).
+pub(crate) type HeldAt = RefCell<Option<(Arc<Inbox>, u64)>>;
 
 impl Origin<'_> {
     /// The operator: no id, no receipt.
     pub(crate) const OPERATOR: Origin<'static> =
-        Origin { id: None, receipt: false, reply: None, confirm: false };
+        Origin { id: None, receipt: false, reply: None, confirm: false, held: None };
 }
 
 /// One name's inbox, for the operator API.
@@ -398,18 +405,25 @@ impl Hub {
         let seq = inbox.take_seq(&mut state);
         let online = state.live.is_some();
         // Issue 6: a live delivery no sender waits for is held by the inbox,
-        // most likely until its ack, and costs the store nothing. While the
-        // store is refusing work, it is refused like any other (bounded
-        // memory: a held delivery goes to the store within a second).
-        let holdable = online
-            && origin.id.is_none()
-            && !origin.confirm
-            && origin.reply.is_none()
-            && store.accepting();
+        // most likely until its ack, and costs the store nothing. So is a
+        // v1 send with an id (without a receipt), whose sender's answer is
+        // then held with it (`inbox.rs`). While the store is refusing work,
+        // it is refused like any other (bounded memory: a held delivery
+        // goes to the store within a second).
+        let unanswered = origin.id.is_none() && !origin.confirm;
+        let answered_later = origin.held.is_some()
+            && origin.id.is_some()
+            && !origin.receipt
+            && !store.shares_inboxes();
+        let holdable =
+            online && (unanswered || answered_later) && origin.reply.is_none() && store.accepting();
         match holdable.then(|| Inbox::hold(&mut state, seq, message, size)).flatten() {
             Some(list) => {
                 if list {
                     self.unsaved_list().push(Arc::clone(inbox));
+                }
+                if let (Some(held), false) = (origin.held, unanswered) {
+                    *held.borrow_mut() = Some((Arc::clone(inbox), seq));
                 }
             }
             None => {
@@ -461,11 +475,13 @@ impl Hub {
             let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
             inbox.recent.insert(id, now_ms(), window_ms);
         }
+        let held = HeldAt::default();
         let origin = Origin {
             id: meta.id.as_deref(),
             receipt: meta.receipt,
             reply: None,
             confirm: meta.id.is_some(),
+            held: Some(&held),
         };
         let mut answer = match (meta.on_commit.take(), &meta.id) {
             // An id whose send failed later (a cluster route, a commit) is
@@ -520,6 +536,16 @@ impl Hub {
                         });
                     }
                 });
+                let sender = from.name.to_shared();
+                // Held with its delivery: answered once the recipient has
+                // acknowledged it (or it was handed over) and committed.
+                let (id, then) = match held.into_inner() {
+                    Some((inbox, seq)) => match inbox.attach(seq, Confirm { sender, id, then }) {
+                        Ok(()) => return Ok(accepted),
+                        Err(Confirm { id, then, .. }) => (id, then),
+                    },
+                    None => (id, then),
+                };
                 let op = if store.shares_inboxes() {
                     Op::Barrier
                 } else {
@@ -663,6 +689,7 @@ impl Hub {
             receipt,
             reply: reply.as_ref().map(|(node, token)| (node.as_str(), *token)),
             confirm: reply.is_some(),
+            held: None,
         };
         match self.route_one(to, |_| body, None, origin, &mut answer) {
             Ok(accepted) => {

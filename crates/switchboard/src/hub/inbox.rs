@@ -19,6 +19,13 @@
 //! nothing, or until it has waited a sweep period or two, its session ends,
 //! or a delivery that must be stored at once comes for the same name. Then
 //! it is handed to the store, in seq order (issue 6).
+//!
+//! A v1 send with an id is held the same way, with its sender's answer
+//! ([`Confirm`]): the sender is told its message was taken once the
+//! recipient has acknowledged it and the id is committed (so that a retry
+//! is known as one), or once the delivery, handed over, is committed with
+//! its id. Never before: an id on disk without its message would make a
+//! retry after a crash look like a duplicate of a message that was lost.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -29,7 +36,7 @@ use switchboard_protocol::ClientName;
 use super::durable::record_of;
 use super::message::Message;
 use super::outbox::{Outbox, Outgoing, PushError};
-use crate::store::{Op, Store};
+use crate::store::{Completion, Name, Op, Store};
 
 pub(crate) use crate::store::LEASE_STEP;
 
@@ -81,9 +88,7 @@ pub(crate) struct InboxState {
 /// record of it is built only when it is handed over, which most never are.
 #[derive(Debug, Default)]
 pub(crate) struct Unsaved {
-    /// (seq, bytes charged, message): the store's record is built only if
-    /// the delivery is handed over.
-    entries: VecDeque<(u64, u64, Arc<Message>)>,
+    entries: VecDeque<Held>,
     /// Entries up to this seq were already held at the last sweep, so have
     /// waited at least a sweep period.
     aged_upto: u64,
@@ -94,6 +99,33 @@ pub(crate) struct Unsaved {
     stored_upto: u64,
     /// Highest seq an `Ack` sent to the store covers.
     store_acked: u64,
+}
+
+/// One held delivery.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    /// Bytes charged against the limits.
+    size: u64,
+    /// The store's record of it is built only if it is handed over.
+    message: Arc<Message>,
+    /// The sender waits for it (a v1 send with an id).
+    confirm: Option<Box<Confirm>>,
+}
+
+/// The answer a v1 sender waits for, held with its delivery.
+pub(crate) struct Confirm {
+    /// The sender's name and client id, remembered for deduplication.
+    pub(crate) sender: Name,
+    pub(crate) id: String,
+    /// Runs once the id (and, if handed over, the delivery) is committed.
+    pub(crate) then: Completion,
+}
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Confirm").field("sender", &self.sender).field("id", &self.id).finish()
+    }
 }
 
 impl Inbox {
@@ -171,8 +203,22 @@ impl Inbox {
         if unsaved.entries.len() >= UNSAVED_MAX {
             return None;
         }
-        unsaved.entries.push_back((seq, size, Arc::clone(message)));
+        unsaved.entries.push_back(Held { seq, size, message: Arc::clone(message), confirm: None });
         Some(!std::mem::replace(&mut unsaved.listed, true))
+    }
+
+    /// Gives the held delivery numbered `seq` its sender's answer. `Err`
+    /// with the answer when it is no longer held (acknowledged or handed
+    /// over in the meantime): the caller answers it another way.
+    pub(crate) fn attach(&self, seq: u64, confirm: Confirm) -> Result<(), Confirm> {
+        let mut state = self.lock();
+        match state.unsaved.entries.iter_mut().rev().find(|held| held.seq == seq) {
+            Some(held) => {
+                held.confirm = Some(Box::new(confirm));
+                Ok(())
+            }
+            None => Err(confirm),
+        }
     }
 
     /// Notes that the delivery numbered `seq` was appended to the store.
@@ -185,17 +231,27 @@ impl Inbox {
     pub(crate) fn save(&self, state: &mut InboxState, upto: u64) {
         let Some(store) = &self.store else { return };
         let unsaved = &mut state.unsaved;
-        while let Some((seq, _, message)) = unsaved.entries.front() {
-            if *seq > upto {
+        while let Some(held) = unsaved.entries.front_mut() {
+            if held.seq > upto {
                 break;
             }
-            let append = Op::append(self.name.to_shared(), *seq, record_of(message));
-            if let Err(error) = store.hand_over(append) {
-                // Only a closed store refuses; the entries stay held.
+            let seq = held.seq;
+            let mut append = Op::append(self.name.to_shared(), seq, record_of(&held.message));
+            // A waiting sender's id is written with the entry, and the
+            // sender answered after that commit.
+            let then = held.confirm.take().map(|confirm| {
+                if let Op::Append { client_id, .. } = &mut append {
+                    *client_id = Some(confirm.id);
+                }
+                confirm.then
+            });
+            if let Err(error) = store.hand_over_then(append, then) {
+                // Only a closed store refuses; the entries stay held (a
+                // waiting sender is not answered: its connection is ending).
                 tracing::warn!(name = %self.name, %error, "cannot save held deliveries");
                 return;
             }
-            unsaved.stored_upto = unsaved.stored_upto.max(*seq);
+            unsaved.stored_upto = unsaved.stored_upto.max(seq);
             unsaved.entries.pop_front();
         }
     }
@@ -208,7 +264,7 @@ impl Inbox {
         let upto = if all { u64::MAX } else { state.unsaved.aged_upto };
         self.save(&mut state, upto);
         let unsaved = &mut state.unsaved;
-        unsaved.aged_upto = unsaved.entries.back().map_or(0, |(seq, _, _)| *seq);
+        unsaved.aged_upto = unsaved.entries.back().map_or(0, |held| held.seq);
         unsaved.listed = !unsaved.entries.is_empty();
         if !unsaved.listed {
             // Off the list until its next delivery: an idle inbox keeps no
@@ -225,10 +281,13 @@ impl Inbox {
         state.acked_upto = state.acked_upto.max(upto);
         let (mut entries, mut bytes) = (0, 0);
         let unsaved = &mut state.unsaved;
-        while unsaved.entries.front().is_some_and(|(seq, _, _)| *seq <= upto) {
-            if let Some((_, size, _)) = unsaved.entries.pop_front() {
+        while unsaved.entries.front().is_some_and(|held| held.seq <= upto) {
+            if let Some(held) = unsaved.entries.pop_front() {
                 entries += 1;
-                bytes += size;
+                bytes += held.size;
+                if let Some(confirm) = held.confirm {
+                    self.confirm_delivered(*confirm);
+                }
             }
         }
         if let Some(store) = &self.store {
@@ -248,10 +307,26 @@ impl Inbox {
     /// their bytes.
     pub(crate) fn forget_unsaved(&self, state: &mut InboxState) -> u64 {
         let dropped = std::mem::take(&mut state.unsaved.entries);
-        let bytes = dropped.iter().map(|(_, size, _)| size).sum();
+        let bytes = dropped.iter().map(|held| held.size).sum();
         state.depth = state.depth.saturating_sub(dropped.len() as u64);
         state.bytes = state.bytes.saturating_sub(bytes);
+        // Taken, then purged by the operator: the senders are answered as
+        // for a delivered message.
+        for confirm in dropped.into_iter().filter_map(|held| held.confirm) {
+            self.confirm_delivered(*confirm);
+        }
         bytes
+    }
+
+    /// A held delivery whose sender waits is gone from memory without
+    /// being stored (acknowledged, or purged): its id is committed, and the
+    /// sender answered after that commit.
+    fn confirm_delivered(&self, confirm: Confirm) {
+        let Some(store) = &self.store else { return };
+        let Confirm { sender, id, then } = confirm;
+        // Unrun only when the store has closed: the sender's connection is
+        // ending, and its retry is answered from the window in memory.
+        let _ = store.hand_over_then(Op::Sent { sender, id }, Some(then));
     }
 
     fn lease(&self, state: &mut InboxState, seq: u64) {

@@ -210,9 +210,10 @@ fn live_deliveries_are_held_until_acknowledged_swept_or_the_session_ends() {
     hub.save_unsaved(false);
     assert_eq!(stored(&store, "bob"), vec![(seqs[0], "one".into()), (seqs[1], "two".into())]);
 
-    // A held delivery goes to the store ahead of one a sender waits for.
+    // A held delivery goes to the store ahead of one that is stored at
+    // once (its sender asked for a receipt).
     dm("three", SendMeta::default());
-    dm("four", SendMeta { id: Some("x".into()), ..SendMeta::default() });
+    dm("four", SendMeta { id: Some("x".into()), receipt: true, ..SendMeta::default() });
     let later = delivered_seqs(&mut bob_rx);
     assert_eq!(
         stored(&store, "bob").into_iter().map(|(_, text)| text).collect::<Vec<_>>(),
@@ -235,6 +236,13 @@ fn live_deliveries_are_held_until_acknowledged_swept_or_the_session_ends() {
     assert!(stored(&store, "bob").is_empty());
     assert_eq!(depth(), 0);
 
+    // A send whose sender waits (an id, no receipt) is held too.
+    dm("five-b", SendMeta { id: Some("y".into()), ..SendMeta::default() });
+    let held = delivered_seqs(&mut bob_rx)[0];
+    assert!(stored(&store, "bob").is_empty(), "held with its answer");
+    hub.ack(bob.client(), held);
+    assert_eq!(depth(), 0);
+
     // The operator's purge drops held ones too.
     dm("six", SendMeta::default());
     hub.purge("bob").unwrap_or_else(|e| panic!("{e}"));
@@ -251,7 +259,9 @@ fn live_deliveries_are_held_until_acknowledged_swept_or_the_session_ends() {
     );
     // Wait for the store's report of the earlier acks before the last count.
     let _ = stored(&store, "bob");
-    assert_eq!(hub.stored_bytes(), inbox.lock().bytes);
+    // alice's inbox holds the receipt for "four".
+    let alice_inbox = hub.inbox_of("alice").unwrap_or_else(|| panic!("alice has an inbox"));
+    assert_eq!(hub.stored_bytes(), inbox.lock().bytes + alice_inbox.lock().bytes);
     store.close();
 }
 

@@ -705,6 +705,15 @@ impl Store {
         self.queue(op, None, false)
     }
 
+    /// [`Store::hand_over`] with a completion, as [`Store::submit_then`]:
+    /// a held delivery whose sender waits for the commit.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`]; `then` is dropped unrun.
+    pub fn hand_over_then(&self, op: Op, then: Option<Completion>) -> Result<(), StoreError> {
+        self.queue(op, then, false)
+    }
+
     fn queue(&self, op: Op, then: Option<Completion>, limited: bool) -> Result<(), StoreError> {
         let cost = op_cost(&op);
         let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);

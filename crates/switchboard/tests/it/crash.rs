@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::process::ServerProcess;
+use crate::common::stream::seq_of;
 use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -263,4 +264,70 @@ async fn a_live_delivery_left_unacknowledged_for_a_second_survives_kill_9() {
     let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
     let replayed = bob.recv_json().await;
     assert_eq!((&replayed["text"], &replayed["seq"]), (&json!("held"), &delivery["seq"]));
+}
+
+/// The next `ack` among alice's frames (receipts and the like are skipped).
+async fn next_ack(alice: &mut WsClient) -> Value {
+    loop {
+        let frame = alice.recv_json().await;
+        if frame["type"] == "ack" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_send_held_with_its_answer_is_acked_only_once_it_survives_kill_9() {
+    // Issue 6: a v1 DM with an id to an online recipient is held by the hub
+    // with its sender's answer. The sender hears back only once the
+    // recipient has acknowledged it and the id is committed ("h1"), or once
+    // the delivery, handed over after a second unacknowledged, is committed
+    // with its id ("h2"). Either way a kill -9 right after the ack keeps
+    // the message (or its delivery) and makes a retry a duplicate.
+    let dir = temp_data_dir();
+    let dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
+    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
+    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let (mut alice, _) = v1_url(&server.ws_url("alice")).await;
+
+    alice.send_json(json!({"type": "dm", "id": "h1", "to": "bob", "text": "one"})).await;
+    let first = bob.recv_json().await;
+    assert_eq!(first["text"], "one", "{first}");
+    // bob (client-ack mode) has not acknowledged it: alice waits. The hub
+    // hands a held delivery to the store only after a sweep period (0.5 s)
+    // or more, so nothing can answer her within 0.1 s.
+    alice.send_json(json!({"type": "ping", "id": "p1"})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "pong", "id": "p1"}), "no ack before bob's");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    alice.send_json(json!({"type": "ping", "id": "p2"})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "pong", "id": "p2"}), "no ack before bob's");
+    bob.send_json(json!({"type": "ack", "seq": first["seq"]})).await;
+    let ack = next_ack(&mut alice).await;
+    assert_eq!((&ack["id"], &ack["status"]), (&json!("h1"), &json!("live")), "{ack}");
+
+    // Never acknowledged: answered after the hand-over's commit.
+    alice.send_json(json!({"type": "dm", "id": "h2", "to": "bob", "text": "two"})).await;
+    let second = bob.recv_json().await;
+    assert_eq!(second["text"], "two", "{second}");
+    let ack = next_ack(&mut alice).await;
+    assert_eq!((&ack["id"], &ack["status"]), (&json!("h2"), &json!("live")), "{ack}");
+
+    server.signal("KILL").await;
+    assert_eq!(server.wait().await, None, "killed by a signal");
+    drop((alice, bob));
+
+    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
+    // bob resumes after what it acknowledged: "two" is replayed, once.
+    let (mut bob, _) = v1_url(&format!("{}&resume={}", server.ws_url("bob"), seq_of(&first))).await;
+    let replayed = bob.recv_json().await;
+    assert_eq!((&replayed["text"], &replayed["seq"]), (&json!("two"), &second["seq"]));
+    bob.send_json(json!({"type": "ping", "id": "b"})).await;
+    assert_eq!(bob.recv_json().await, json!({"type": "pong", "id": "b"}), "replayed once");
+    // alice's retries are known for what they are.
+    let (mut alice, _) = v1_url(&server.ws_url("alice")).await;
+    for (id, text) in [("h1", "one"), ("h2", "two")] {
+        alice.send_json(json!({"type": "dm", "id": id, "to": "bob", "text": text})).await;
+        let ack = next_ack(&mut alice).await;
+        assert_eq!((&ack["id"], &ack["status"]), (&json!(id), &json!("duplicate")), "{ack}");
+    }
 }

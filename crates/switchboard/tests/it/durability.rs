@@ -678,3 +678,32 @@ async fn a_dm_to_a_name_that_never_connected_is_an_error_not_a_silent_drop() {
     let mut ghost = v1(&server, "ghost").await;
     assert_eq!(ghost.recv_json().await["text"], "now stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_v1_send_is_answered_when_its_recipient_acks_or_the_inbox_is_purged() {
+    // Issue 6: a v1 DM with an id to an online recipient is held with its
+    // sender's answer (docs/durability.md); the answer comes with the
+    // recipient's ack, or with an operator purge of the inbox.
+    let server = TestServer::start_with(config(|_| {})).await;
+    let (mut bob, _) = v1_url(&resume_url(&server, "bob", 0)).await;
+    let mut alice = v1(&server, "alice").await;
+    alice.send_json(dm("h1", "bob", "one")).await;
+    let first = bob.recv_json().await;
+    assert_eq!(first["text"], "one", "{first}");
+    assert_nothing_queued(&mut alice, "before-bob-acks").await;
+    bob.send_json(json!({"type": "ack", "seq": first["seq"]})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "ack", "id": "h1", "status": "live"}));
+    wait_depth(&server, "bob", 0).await;
+
+    alice.send_json(dm("h2", "bob", "two")).await;
+    assert_eq!(bob.recv_json().await["text"], "two");
+    let http = reqwest::Client::new();
+    let response = http.delete(server.http("/api/inboxes/bob")).send().await.expect("delete");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(alice.recv_json().await, json!({"type": "ack", "id": "h2", "status": "live"}));
+    wait_depth(&server, "bob", 0).await;
+    // Remembered either way: a retry is a duplicate, not a second delivery.
+    let retry = ask(&mut alice, dm("h2", "bob", "two")).await;
+    assert_eq!(retry, json!({"type": "ack", "id": "h2", "status": "duplicate"}));
+    assert_nothing_queued(&mut bob, "no-second-delivery").await;
+}
