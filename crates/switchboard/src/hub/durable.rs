@@ -536,14 +536,16 @@ impl Hub {
                         });
                     }
                 });
-                let sender = from.name.to_shared();
                 // Held with its delivery: answered once the recipient has
                 // acknowledged it (or it was handed over) and committed.
                 let (id, then) = match held.into_inner() {
-                    Some((inbox, seq)) => match inbox.attach(seq, Confirm { sender, id, then }) {
-                        Ok(()) => return Ok(accepted),
-                        Err(Confirm { id, then, .. }) => (id, then),
-                    },
+                    Some((inbox, seq)) => {
+                        let confirm = Confirm { sender: from.name.to_shared(), id, then };
+                        match inbox.attach(seq, confirm) {
+                            Ok(()) => return Ok(accepted),
+                            Err(Confirm { id, then, .. }) => (id, then),
+                        }
+                    }
                     None => (id, then),
                 };
                 let op = if store.shares_inboxes() {
@@ -1038,7 +1040,6 @@ impl Hub {
     }
 }
 
-/// What the store keeps of a message, or `None` for messages not stored.
 /// What the store keeps of a message, built only once the store needs it:
 /// a live delivery that the inbox holds until it is acknowledged never does
 /// (issue 6). One for a message, whatever the number of its recipients, so
@@ -1065,8 +1066,8 @@ impl<'a> KeptRecord<'a> {
 }
 
 /// [`record_for`] of a message known to be of a kept kind (one that has a
-/// [`record_size`]); anything else is kept as an empty server message
-/// rather than lost.
+/// [`record_size`]: only those are held or appended). The fallback, an
+/// empty server message, is never built; it keeps the caller total.
 pub(super) fn record_of(message: &Message) -> Record {
     record_for(message).unwrap_or_else(|| Record {
         kind: RecordKind::Server,
@@ -1091,6 +1092,7 @@ fn record_size(message: &Message) -> Option<u64> {
     Some(64 + (from + text + payload) as u64)
 }
 
+/// What the store keeps of a message, or `None` for messages not stored.
 fn record_for(message: &Message) -> Option<Record> {
     let ts = message.ts();
     let (kind, from, payload) = match message.body() {

@@ -404,13 +404,13 @@ struct Remembered {
 }
 
 impl DedupWindow {
-    /// The slot of the id numbered `number`.
-    fn slot(&self, number: u64) -> &Remembered {
-        &self.ring[usize::try_from(number - self.first).unwrap_or(usize::MAX)]
+    /// The slot of the id numbered `number` (every number in `ids` has one).
+    fn slot(&self, number: u64) -> Option<&Remembered> {
+        slot(&self.ring, self.first, number)
     }
 
     fn find(&self, hash: u64, id: &str) -> Option<u64> {
-        self.ids.find(hash, |&number| self.slot(number).id == id).copied()
+        self.ids.find(hash, |&number| self.slot(number).is_some_and(|kept| kept.id == id)).copied()
     }
 
     /// True when `id` was used within the window.
@@ -457,12 +457,16 @@ impl DedupWindow {
         };
         let number = self.first + self.ring.len() as u64;
         self.ring.push_back(Remembered { at_ms: now_ms, hash, id });
-        let ring = &self.ring;
-        let first = self.first;
+        let (ring, first) = (&self.ring, self.first);
         self.ids.insert_unique(hash, number, |&kept| {
-            ring[usize::try_from(kept - first).unwrap_or(usize::MAX)].hash
+            slot(ring, first, kept).map_or(0, |kept| kept.hash)
         });
     }
+}
+
+fn slot(ring: &VecDeque<Remembered>, first: u64, number: u64) -> Option<&Remembered> {
+    let offset = usize::try_from(number.checked_sub(first)?).ok()?;
+    ring.get(offset)
 }
 
 #[cfg(test)]

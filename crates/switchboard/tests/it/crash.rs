@@ -241,6 +241,14 @@ async fn an_operator_message_answered_200_survives_kill_9() {
     }
 }
 
+/// A server on the data directory `dir`, with bob connected in client-ack
+/// mode (`resume=0`): what bob is sent stays unacknowledged until he acks.
+async fn start_with_bob(dir: &str) -> (ServerProcess, WsClient) {
+    let server = ServerProcess::start(&["--data-dir", dir]).await;
+    let (bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    (server, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_delivery_left_unacknowledged_for_a_second_survives_kill_9() {
     // Issue 6: the hub holds a live delivery nobody waits for until its ack,
@@ -248,8 +256,7 @@ async fn a_live_delivery_left_unacknowledged_for_a_second_survives_kill_9() {
     // a kill -9 after that cannot lose it.
     let dir = temp_data_dir();
     let dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
-    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
-    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let (server, mut bob) = start_with_bob(&dir).await;
     let (status, _) = post(&server.http("/api/broadcast"), "held").await;
     assert_eq!(status, 200);
     let delivery = bob.recv_json().await;
@@ -260,8 +267,7 @@ async fn a_live_delivery_left_unacknowledged_for_a_second_survives_kill_9() {
     assert_eq!(server.wait().await, None, "killed by a signal");
     drop(bob);
 
-    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
-    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let (_server, mut bob) = start_with_bob(&dir).await;
     let replayed = bob.recv_json().await;
     assert_eq!((&replayed["text"], &replayed["seq"]), (&json!("held"), &delivery["seq"]));
 }
@@ -286,8 +292,7 @@ async fn a_v1_send_held_with_its_answer_is_acked_only_once_it_survives_kill_9() 
     // the message (or its delivery) and makes a retry a duplicate.
     let dir = temp_data_dir();
     let dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
-    let server = ServerProcess::start(&["--data-dir", dir.as_str()]).await;
-    let (mut bob, _) = v1_url(&format!("{}&resume=0", server.ws_url("bob"))).await;
+    let (server, mut bob) = start_with_bob(&dir).await;
     let (mut alice, _) = v1_url(&server.ws_url("alice")).await;
 
     alice.send_json(json!({"type": "dm", "id": "h1", "to": "bob", "text": "one"})).await;
