@@ -623,7 +623,9 @@ impl Delivery<'_> {
     /// Encodes everything after `seq`, ready for [`frame`]: shared by all recipients.
     pub fn encode_tail(&self, ts: u64) -> EncodedDelivery {
         if let Delivery::Dm { from, to, text } = *self {
-            return EncodedDelivery { head: head_for("dm"), rest: dm_tail(ts, from, to, text) };
+            if let Some(rest) = dm_tail(ts, from, to, text) {
+                return EncodedDelivery { head: head_for("dm"), rest };
+            }
         }
         let tail = match *self {
             Delivery::Dm { from, to, text } => Tail::Dm { ts, from, to, text },
@@ -642,25 +644,21 @@ impl Delivery<'_> {
 
 /// The tail of a `dm` (every DM has one): what `Tail::Dm` serialises to,
 /// with the field names written as they are instead of escaped by serde on
-/// every call (issue 6); the values are still escaped by serde_json.
-fn dm_tail(ts: u64, from: &str, to: &str, text: &str) -> String {
+/// every call (issue 6); the values are still escaped by serde_json. `None`
+/// never happens in practice (writing to a `Vec` does not fail); the caller
+/// then takes the general path.
+fn dm_tail(ts: u64, from: &str, to: &str, text: &str) -> Option<String> {
     let mut rest = Vec::with_capacity(40 + from.len() + to.len() + text.len());
-    let written = (|| -> serde_json::Result<()> {
-        rest.extend_from_slice(b",\"ts\":");
-        serde_json::to_writer(&mut rest, &ts)?;
-        rest.extend_from_slice(b",\"from\":");
-        serde_json::to_writer(&mut rest, from)?;
-        rest.extend_from_slice(b",\"to\":");
-        serde_json::to_writer(&mut rest, to)?;
-        rest.extend_from_slice(b",\"text\":");
-        serde_json::to_writer(&mut rest, text)?;
-        rest.push(b'}');
-        Ok(())
-    })();
-    match written.ok().and_then(|()| String::from_utf8(rest).ok()) {
-        Some(rest) => rest,
-        None => ",\"ts\":0}".to_owned(),
-    }
+    rest.extend_from_slice(b",\"ts\":");
+    serde_json::to_writer(&mut rest, &ts).ok()?;
+    rest.extend_from_slice(b",\"from\":");
+    serde_json::to_writer(&mut rest, from).ok()?;
+    rest.extend_from_slice(b",\"to\":");
+    serde_json::to_writer(&mut rest, to).ok()?;
+    rest.extend_from_slice(b",\"text\":");
+    serde_json::to_writer(&mut rest, text).ok()?;
+    rest.push(b'}');
+    String::from_utf8(rest).ok()
 }
 
 fn head_for(kind: &'static str) -> &'static str {
@@ -888,7 +886,7 @@ mod tests {
                 let ts = 1_700_000_000_000 + n as u64;
                 let mut expected = serde_json::to_string(&Tail::Dm { ts, from, to, text }).unwrap();
                 expected.replace_range(0..1, ",");
-                assert_eq!(dm_tail(ts, from, to, text), expected);
+                assert_eq!(dm_tail(ts, from, to, text), Some(expected));
             }
         }
     }

@@ -422,7 +422,7 @@ impl Hub {
                 if list {
                     self.unsaved_list().push(Arc::clone(inbox));
                 }
-                if let (Some(held), false) = (origin.held, unanswered) {
+                if let Some(held) = origin.held.filter(|_| answered_later) {
                     *held.borrow_mut() = Some((Arc::clone(inbox), seq));
                 }
             }

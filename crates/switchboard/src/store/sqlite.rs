@@ -742,8 +742,10 @@ fn write_batch(
                 .execute(params![name, int(upto)])?;
             }
             Op::Sent { sender, id } => {
+                // Held v1 sends (`hub/inbox.rs`) come as a `Sent` alone:
+                // no append listed them, nothing to hash.
                 let pair = (sender, id);
-                if !kept_ids.remove(&pair) {
+                if kept_ids.is_empty() || !kept_ids.remove(&pair) {
                     ids.push(pair);
                 }
             }
