@@ -406,6 +406,7 @@ where
         // come through the outbox too (`keepalive`): the writer has nothing
         // else to wait for, and no timer of its own.
         let mut gathering = 0u32;
+        let mut abandoned = false;
         'run: loop {
             if written.closer().is_closed() {
                 break 'run;
@@ -438,27 +439,50 @@ where
             // borrows `written` mutably.
             let client = written.client.clone();
             let borrowed = (&mut sink, &mut outbox, &mut written);
+            let drain_timeout = settings.drain_timeout;
             let batch = Box::pin(async move {
                 let (sink, outbox, written) = borrowed;
+                let mut batch = std::pin::pin!(write_batch(sink, outbox, item, written));
                 tokio::select! {
                     biased;
-                    result = write_batch(sink, outbox, item, written) => Some(result),
-                    // Reached only while the socket does not take the batch.
-                    () = client.outbox().closer().closed() => None,
+                    result = batch.as_mut() => Batch::Written(result),
+                    // Reached only while the socket (or, for a replay, the
+                    // store) does not take the batch.
+                    () = client.outbox().closer().closed() => {
+                        let closer = client.outbox().closer();
+                        if closer.reason().is_some_and(CloseReason::discards_queue) {
+                            return Batch::Abandoned;
+                        }
+                        // The batch has taken its items off the queue: dropped
+                        // now, they would be missing before the later ones the
+                        // drain writes, a gap in the client's seqs that its
+                        // next ack would cover. It finishes first, in the
+                        // drain's time.
+                        match tokio::time::timeout(drain_timeout, batch).await {
+                            Ok(Ok(_)) => Batch::Closing,
+                            Ok(Err(reason)) => Batch::Written(Err(reason)),
+                            Err(_) => Batch::Abandoned,
+                        }
+                    }
                 }
             });
-            let Some(result) = batch.await else { break 'run };
-            match result {
-                Err(reason) => {
+            match batch.await {
+                Batch::Written(Err(reason)) => {
                     written.closer().close(reason);
                     return;
                 }
-                Ok(Next::Gather) => gathering = GATHER_TURNS,
-                Ok(Next::Write) => {}
+                Batch::Written(Ok(Next::Gather)) => gathering = GATHER_TURNS,
+                Batch::Written(Ok(Next::Write)) => {}
+                Batch::Closing => break 'run,
+                Batch::Abandoned => {
+                    abandoned = true;
+                    break 'run;
+                }
             }
         }
         let reason = written.closer().reason().cloned().unwrap_or(CloseReason::Shutdown);
-        if !reason.discards_queue() {
+        // Nothing queued after an unfinished batch may be written.
+        if !reason.discards_queue() && !abandoned {
             // A shutdown or a kick: what is queued goes out first.
             // Boxed with its timer: a `Sleep` inline would size the
             // writer's future, idle or not.
@@ -512,6 +536,16 @@ where
     } else {
         Ok(Next::Write)
     }
+}
+
+/// How a batch ended.
+enum Batch {
+    /// Written (or failed) before any close.
+    Written(Result<Next, CloseReason>),
+    /// Finished after a close that keeps the queue: the drain goes on.
+    Closing,
+    /// Left unfinished by a close: the queue behind it is not written.
+    Abandoned,
 }
 
 /// What a writer does after a batch.
@@ -577,12 +611,24 @@ fn encode_counted(item: Outgoing, written: &mut Written, counts: &mut OutCounts)
 }
 
 /// Writes what is queued (at shutdown, or before a close that keeps the
-/// queue). Stored messages not yet replayed stay stored for the next session.
+/// queue), a pending replay of stored messages included: what was queued
+/// after it comes after its entries, and written without them would leave
+/// a gap. The caller bounds it in time; what it does not write stays
+/// stored for the next session.
 async fn drain<S>(sink: &mut Sink<S>, outbox: &mut OutboxReceiver, written: &mut Written)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(item) = outbox.try_recv() {
+        if let Outgoing::Replay(replay) = item {
+            let mut counts = OutCounts::default();
+            let replayed = replay_stored(sink, replay, written, &mut counts).await;
+            metrics::global().add_out(&counts);
+            if replayed.is_err() {
+                return;
+            }
+            continue;
+        }
         let Some(frame) = encode(item, written) else { continue };
         if sink.feed(frame).await.is_err() {
             return;

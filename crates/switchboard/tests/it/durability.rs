@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::stream::{join_since, read_stream, rseq_of, seq_of, stream_dms, texts};
 use crate::common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use switchboard::config::Config;
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
 
 fn config(edit: impl FnOnce(&mut Config)) -> Config {
     let mut config = test_config();
@@ -280,6 +282,74 @@ async fn resume_after_a_dropped_connection_mid_stream_has_no_gap_and_no_duplicat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_an_operator_kick_mid_stream_has_no_gap_and_no_duplicate() {
     resume_mid_stream(3_000, 777, 2_000, true).await;
+}
+
+/// Bob stops reading until his socket is full, then is kicked: what the
+/// writer had taken from the queue when the kick came is written before
+/// what came after it, so bob reads every seq in order up to the close
+/// frame. With `offline_first`, the first half is stored while bob is away
+/// and replayed when he comes back: the kick finds the writer in the replay.
+async fn kick_while_the_socket_is_full(offline_first: bool) {
+    const COUNT: usize = 200;
+    let server = TestServer::start_with(config(|c| {
+        c.rate_messages_per_sec = 0;
+        c.max_queued_bytes = 64 << 20;
+        c.inbox_max_bytes = 64 << 20;
+    }))
+    .await;
+    let mut alice = v1(&server, "alice").await;
+    let pad = "x".repeat(50_000); // 200 of these are more than loopback's buffers hold
+    let text = |i: usize| format!("{i} {pad}");
+    let mut sent = 0;
+    if offline_first {
+        make_known(&server, "bob").await;
+        while sent < COUNT / 2 {
+            alice.send_json(json!({"type": "dm", "to": "bob", "text": text(sent)})).await;
+            sent += 1;
+        }
+        wait_depth(&server, "bob", (COUNT / 2) as u64).await;
+    }
+    let (mut bob, _) = v1_url(&resume_url(&server, "bob", 0)).await;
+    while sent < COUNT {
+        alice.send_json(json!({"type": "dm", "to": "bob", "text": text(sent)})).await;
+        sent += 1;
+    }
+    wait_depth(&server, "bob", COUNT as u64).await;
+    // Let the writer run into the full socket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.hub.disconnect("bob", "test".into()).expect("kick bob");
+
+    let mut seqs = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(WAIT, bob.socket.next()).await.expect("bob reads in time");
+        match frame {
+            Some(Ok(Message::Text(frame))) => {
+                let got: Value = serde_json::from_str(&frame).expect("json");
+                let (i, got_text) = (seqs.len(), got["text"].as_str().unwrap_or_default());
+                let number = got_text.split(' ').next();
+                assert_eq!(number, Some(i.to_string().as_str()), "seq {}: a gap", seq_of(&got));
+                assert_eq!(got_text, text(i));
+                seqs.push(seq_of(&got));
+            }
+            Some(Ok(Message::Close(close))) => {
+                assert_eq!(close.map(|c| u16::from(c.code)), Some(4000));
+                break;
+            }
+            other => panic!("bob: unexpected {other:?} after {} texts", seqs.len()),
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs increase: {seqs:?}");
+    assert_eq!(seqs.len(), COUNT, "the drain writes everything queued before the close frame");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_while_the_socket_is_full_leaves_no_gap_before_the_close() {
+    kick_while_the_socket_is_full(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_during_a_replay_leaves_no_gap_before_the_close() {
+    kick_while_the_socket_is_full(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
