@@ -406,10 +406,12 @@ where
         // come through the outbox too (`keepalive`): the writer has nothing
         // else to wait for, and no timer of its own.
         let mut gathering = 0u32;
-        let mut abandoned = false;
-        'run: loop {
+        // Ends with the drain's deadline, or `None` when nothing more may
+        // be written. Not variables set inside: they would live in the
+        // future across every idle wait.
+        let drain_until = 'run: loop {
             if written.closer().is_closed() {
-                break 'run;
+                break 'run Some(tokio::time::Instant::now() + settings.drain_timeout);
             }
             if gathering > 0 {
                 // A busy writer under contention lets its next batch grow: it
@@ -429,7 +431,7 @@ where
             }
             let Some(item) = outbox.recv().await else {
                 if written.closer().is_closed() {
-                    break 'run;
+                    break 'run Some(tokio::time::Instant::now() + settings.drain_timeout);
                 }
                 return;
             };
@@ -458,8 +460,9 @@ where
                         // drain writes, a gap in the client's seqs that its
                         // next ack would cover. It finishes first, in the
                         // drain's time.
-                        match tokio::time::timeout(drain_timeout, batch).await {
-                            Ok(Ok(_)) => Batch::Closing,
+                        let deadline = tokio::time::Instant::now() + drain_timeout;
+                        match tokio::time::timeout_at(deadline, batch).await {
+                            Ok(Ok(_)) => Batch::Closing(deadline),
                             Ok(Err(reason)) => Batch::Written(Err(reason)),
                             Err(_) => Batch::Abandoned,
                         }
@@ -473,21 +476,19 @@ where
                 }
                 Batch::Written(Ok(Next::Gather)) => gathering = GATHER_TURNS,
                 Batch::Written(Ok(Next::Write)) => {}
-                Batch::Closing => break 'run,
-                Batch::Abandoned => {
-                    abandoned = true;
-                    break 'run;
-                }
+                // The drain shares the batch's time budget.
+                Batch::Closing(deadline) => break 'run Some(deadline),
+                Batch::Abandoned => break 'run None,
             }
-        }
+        };
         let reason = written.closer().reason().cloned().unwrap_or(CloseReason::Shutdown);
         // Nothing queued after an unfinished batch may be written.
-        if !reason.discards_queue() && !abandoned {
+        if let Some(deadline) = drain_until.filter(|_| !reason.discards_queue()) {
             // A shutdown or a kick: what is queued goes out first.
             // Boxed with its timer: a `Sleep` inline would size the
             // writer's future, idle or not.
             let drain = drain(&mut sink, &mut outbox, &mut written);
-            if Box::pin(tokio::time::timeout(settings.drain_timeout, drain)).await.is_err() {
+            if Box::pin(tokio::time::timeout_at(deadline, drain)).await.is_err() {
                 tracing::warn!(name = %written.client.name(), "drain timeout: closing with messages still queued");
             }
         }
@@ -542,8 +543,9 @@ where
 enum Batch {
     /// Written (or failed) before any close.
     Written(Result<Next, CloseReason>),
-    /// Finished after a close that keeps the queue: the drain goes on.
-    Closing,
+    /// Finished after a close that keeps the queue: the drain goes on,
+    /// until the same deadline.
+    Closing(tokio::time::Instant),
     /// Left unfinished by a close: the queue behind it is not written.
     Abandoned,
 }
