@@ -403,6 +403,59 @@ mod tests {
         assert!(rx.recv().await.is_none(), "no producer left");
     }
 
+    /// Two threads push rounds of 1 to 97 items and wait until the writer
+    /// has taken each round before the next: a lost wake-up stalls them
+    /// (the writer would sleep with items queued and the pushers still
+    /// holding their handles). Written for a push that woke the writer only
+    /// when it made the queue non-empty, which measured no gain and was
+    /// dropped (issue 6, ninth pass); the test stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_up_is_lost_while_pushers_wait_for_the_writer() {
+        use std::sync::atomic::AtomicU64;
+        const EACH: u64 = 20_000;
+        let (outbox, mut rx) = outbox(1 << 30);
+        let taken = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let pushers: Vec<_> = (0..2u64)
+            .map(|thread| {
+                let (outbox, taken) = (outbox.clone(), taken.clone());
+                std::thread::spawn(move || {
+                    let (mut sent, mut round) = (0, 1 + thread * 13);
+                    while sent < EACH {
+                        let end = (sent + round % 97 + 1).min(EACH);
+                        for i in sent..end {
+                            let item =
+                                Outgoing::Binary(Bytes::from((thread * EACH + i).to_string()));
+                            outbox.push(item).unwrap_or_else(|e| panic!("{e}"));
+                        }
+                        sent = end;
+                        round += 31;
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        while taken[thread as usize].load(Ordering::Acquire) < sent {
+                            assert!(std::time::Instant::now() < deadline, "lost wake-up at {sent}");
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(outbox);
+        let mut next = [0, EACH];
+        while let Some(item) = rx.recv().await {
+            let Outgoing::Binary(bytes) = item else { panic!("unexpected {item:?}") };
+            let number: u64 =
+                std::str::from_utf8(&bytes).ok().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+            let thread = usize::from(number >= EACH);
+            assert_eq!(number, next[thread], "each pusher's items in order");
+            next[thread] += 1;
+            taken[thread].store(next[thread] - thread as u64 * EACH, Ordering::Release);
+        }
+        for pusher in pushers {
+            pusher.join().unwrap_or_else(|_| panic!("pusher failed"));
+        }
+        assert_eq!(next, [EACH, 2 * EACH]);
+    }
+
     #[test]
     fn pushes_fail_once_the_writer_is_gone() {
         let (outbox, rx) = outbox(1000);
