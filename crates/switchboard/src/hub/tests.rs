@@ -290,3 +290,30 @@ fn a_kept_record_is_charged_what_the_record_built_later_weighs() {
         assert_eq!(KeptRecord::new(&Message::new(body), true).size, None, "room traffic");
     }
 }
+
+#[test]
+fn a_writer_with_the_last_reference_gets_the_frames_the_cache_would_give() {
+    let hub = Hub::new(HubLimits::default());
+    let name = |n: &str| hub.client_name(n).unwrap_or_else(|e| panic!("{e}"));
+    let body =
+        || Body::Direct { from: name("alice"), to: name("bob"), text: Arc::from("hi \"bob\"") };
+    let reference = Message::at(7, body());
+    let classic = reference.classic_text().map(str::to_owned);
+    let v1 = reference.v1_text(42);
+    for preset in [None, classic.clone()] {
+        // The only reference: taken out, or encoded without filling the cache.
+        let only = Arc::new(Message::with_classic(body(), preset.clone()));
+        assert_eq!(only.into_classic_frame().map(|f| f.as_str().to_owned()), classic);
+        let only = Arc::new(Message::at(7, body()));
+        assert_eq!(only.into_v1_text(42), v1);
+        // Shared: the cached frame, still there for the other reference.
+        let shared = Arc::new(Message::with_classic(body(), preset));
+        let other = Arc::clone(&shared);
+        assert_eq!(shared.into_classic_frame().map(|f| f.as_str().to_owned()), classic);
+        assert_eq!(other.classic_text().map(str::to_owned), classic);
+        let shared = Arc::new(Message::at(7, body()));
+        let other = Arc::clone(&shared);
+        assert_eq!(shared.into_v1_text(42), v1);
+        assert_eq!(other.v1_text(42), v1);
+    }
+}

@@ -672,9 +672,9 @@ fn encode(item: Outgoing, written: &mut Written) -> Option<Frame> {
                     Some(payload) => Some(Frame::Binary(payload)),
                     None => message.into_classic_frame().map(Frame::Text),
                 },
-                Protocol::V1 => match message.v1_text(seq) {
-                    Some(text) => Some(Frame::Text(Utf8Bytes::from(text))),
-                    None => message.v1_binary(seq).map(Frame::Binary),
+                Protocol::V1 => match message.v1_binary(seq) {
+                    Some(payload) => Some(Frame::Binary(payload)),
+                    None => message.into_v1_text(seq).map(|text| Frame::Text(text.into())),
                 },
             }
         }
