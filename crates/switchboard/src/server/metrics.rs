@@ -240,6 +240,11 @@ impl OutCounts {
         self.frames[kind as usize] += 1;
         self.bytes += bytes as u64;
     }
+
+    /// Messages among the frames counted (not replies or control frames).
+    pub(crate) fn deliveries(&self) -> u64 {
+        self.frames[OutKind::Delivery as usize]
+    }
 }
 
 fn reason_label(reason: &CloseReason) -> &'static str {

@@ -528,6 +528,7 @@ where
         }
     }
     metrics::global().add_out(&counts);
+    written.client.count_out(counts.deliveries());
     sink.flush().await.map_err(dropped)?;
     written.flushed();
     let busy = fed >= contention::BUSY_BATCH;
@@ -621,22 +622,22 @@ async fn drain<S>(sink: &mut Sink<S>, outbox: &mut OutboxReceiver, written: &mut
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(item) = outbox.try_recv() {
-        if let Outgoing::Replay(replay) = item {
-            let mut counts = OutCounts::default();
-            let replayed = replay_stored(sink, replay, written, &mut counts).await;
-            metrics::global().add_out(&counts);
-            if replayed.is_err() {
-                return;
+    let mut counts = OutCounts::default();
+    let fed = async {
+        while let Some(item) = outbox.try_recv() {
+            if let Outgoing::Replay(replay) = item {
+                replay_stored(sink, replay, written, &mut counts).await?;
+                continue;
             }
-            continue;
+            let Some(frame) = encode_counted(item, written, &mut counts) else { continue };
+            sink.feed(frame).await.map_err(dropped)?;
         }
-        let Some(frame) = encode(item, written) else { continue };
-        if sink.feed(frame).await.is_err() {
-            return;
-        }
-    }
-    if sink.flush().await.is_ok() {
+        sink.flush().await.map_err(dropped)
+    };
+    let fed = fed.await;
+    metrics::global().add_out(&counts);
+    written.client.count_out(counts.deliveries());
+    if fed.is_ok() {
         written.flushed();
     }
 }

@@ -24,6 +24,33 @@ async fn clients_lists_name_address_and_connected_since() {
     assert_eq!(clients[1]["protocol"], "v1");
 }
 
+/// `messages_out` counts every message written to a client: DMs, room
+/// messages and operator messages alike; replies to its own requests are
+/// not messages.
+#[tokio::test]
+async fn clients_count_every_message_written_to_them() {
+    let server = TestServer::start().await;
+    let mut alice = classic(&server, "alice").await;
+    let mut bob = v1(&server, "bob").await;
+    for i in 0..3 {
+        alice.send(&json!({"dst": "bob", "msg": format!("m{i}")}).to_string()).await;
+        assert_eq!(bob.recv_json().await["text"], format!("m{i}"));
+    }
+    let (status, _) = post(&server.http("/api/clients/bob/messages"), "from the operator").await;
+    assert_eq!(status, 200);
+    assert_eq!(bob.recv_json().await["text"], "from the operator");
+    bob.send_json(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(bob.recv_json().await["type"], "pong");
+    let counted = |clients: &[Value], name: &str| {
+        let client = clients.iter().find(|c| c["name"] == name).expect("listed");
+        (client["messages_in"].clone(), client["messages_out"].clone())
+    };
+    let clients: Vec<Value> =
+        reqwest::get(server.http("/api/clients")).await.expect("get").json().await.expect("json");
+    assert_eq!(counted(&clients, "alice"), (json!(3), json!(0)));
+    assert_eq!(counted(&clients, "bob"), (json!(1), json!(4)));
+}
+
 #[tokio::test]
 async fn broadcast_reaches_everyone_and_reports_how_many() {
     let server = TestServer::start().await;
