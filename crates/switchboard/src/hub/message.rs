@@ -6,13 +6,12 @@
 //! a broadcast to 10,000 clients is serialised once, not 10,000 times.
 
 use std::sync::{Arc, OnceLock};
-
-// `OnceCell::with_value` builds a cell already set: no atomic write. A
-// preset std `OnceLock` goes through `set`, the `Once`'s slow path.
-use once_cell::sync::OnceCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+// `OnceCell::with_value` builds a cell already set: no atomic write. A
+// preset std `OnceLock` goes through `set`, the `Once`'s slow path.
+use once_cell::sync::OnceCell;
 // A refcounted UTF-8 buffer (not a socket type): the classic frame is
 // encoded once and each recipient's writer clones a reference to it.
 use switchboard_protocol::v1::{self, EncodedDelivery, PresenceEvent};
