@@ -1441,6 +1441,12 @@ impl Hub {
         sorted_names(Some(self.state().clients.keys()))
     }
 
+    /// Bytes waiting in the outboxes of this node's clients (`/metrics`):
+    /// one atomic load per client under the lock, no snapshot.
+    pub fn queued_bytes(&self) -> usize {
+        self.state().clients.values().map(|slot| slot.client.outbox.queued_bytes()).sum()
+    }
+
     /// A snapshot of the clients on this node, sorted by name.
     pub fn local_clients(&self) -> Vec<ClientInfo> {
         let state = self.state();

@@ -101,7 +101,9 @@ pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
         .route_layer(middleware::from_fn_with_state(ctx, require_operator))
 }
 
-async fn require_operator(
+/// The operator's guard, for `/api` and `/metrics`: the admin token when
+/// one is configured, else loopback clients only.
+pub(crate) async fn require_operator(
     State(ctx): State<Arc<Context>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,

@@ -268,8 +268,7 @@ fn reason_label(reason: &CloseReason) -> &'static str {
 /// `GET /metrics`.
 pub(crate) async fn handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     let metrics = global();
-    let queued: usize = ctx.hub.local_clients().iter().map(|client| client.queued_bytes).sum();
-    metrics.queued_bytes.set(queued as i64);
+    metrics.queued_bytes.set(i64::try_from(ctx.hub.queued_bytes()).unwrap_or(i64::MAX));
     let store_queued = ctx.hub.store().map_or(0, crate::store::Store::queued_bytes);
     metrics.store_queued_bytes.set(i64::try_from(store_queued).unwrap_or(i64::MAX));
     metrics.stored_bytes.set(i64::try_from(ctx.hub.stored_bytes()).unwrap_or(i64::MAX));

@@ -220,7 +220,15 @@ fn router(ctx: Arc<Context>) -> Router {
         .route("/", get(root))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::handler))
+        // Operator-only, like `/api`: a scrape walks every client under the
+        // hub's lock, and the figures are the operator's business.
+        .route(
+            "/metrics",
+            get(metrics::handler).route_layer(axum::middleware::from_fn_with_state(
+                ctx.clone(),
+                api::require_operator,
+            )),
+        )
         .nest("/api", api::routes(ctx.clone()))
         .merge(web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(ctx.config.max_message_bytes))

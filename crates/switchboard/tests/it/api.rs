@@ -97,6 +97,13 @@ async fn admin_token_is_required_when_configured() {
     let right =
         http.get(server.http("/api/clients")).bearer_auth("s3cret").send().await.expect("get");
     assert_eq!(right.status(), 200);
+    // `/metrics` is the operator's too (a scrape walks every client).
+    let scrape = http.get(server.http("/metrics")).send().await.expect("scrape");
+    assert_eq!(scrape.status(), 401);
+    let scrape =
+        http.get(server.http("/metrics")).bearer_auth("s3cret").send().await.expect("scrape");
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape.text().await.expect("body").contains("switchboard_connections"));
     // Health checks stay open for load balancers.
     assert_eq!(http.get(server.http("/healthz")).send().await.expect("get").status(), 200);
 }

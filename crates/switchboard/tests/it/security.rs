@@ -620,6 +620,13 @@ async fn x_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
         .await
         .expect("api");
     assert_eq!(remote.status().as_u16(), 403);
+    let scrape = http
+        .get(proxied.http("/metrics"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(scrape.status().as_u16(), 403, "/metrics follows the same rule");
     let local = http
         .get(proxied.http("/api/clients"))
         .header("X-Forwarded-For", "127.0.0.1")
