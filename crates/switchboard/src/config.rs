@@ -108,6 +108,9 @@ pub struct Config {
     pub inbox_max_age_hours: u64,
     /// Bytes all inboxes together may hold.
     pub store_max_bytes: u64,
+    /// Bytes of writes that may wait for the store's disk (a stall longer
+    /// than this absorbs refuses stored sends until the disk catches up).
+    pub store_queue_bytes: usize,
     /// Names the hub keeps inboxes for (a name is known once it connected).
     pub max_known_names: usize,
     /// Messages each room keeps for joins with `since` (0: no history).
@@ -159,6 +162,7 @@ impl Default for Config {
             inbox_max_bytes: limits.inbox_max_bytes,
             inbox_max_age_hours: 7 * 24,
             store_max_bytes: limits.store_max_bytes,
+            store_queue_bytes: 64 * 1024 * 1024,
             max_known_names: limits.max_known_names,
             room_history: limits.room_history,
             dedup_window_secs: limits.dedup_window.as_secs(),
@@ -232,6 +236,7 @@ impl Config {
             ("inbox_max_bytes", self.inbox_max_bytes),
             ("inbox_max_age_hours", self.inbox_max_age_hours),
             ("store_max_bytes", self.store_max_bytes),
+            ("store_queue_bytes", self.store_queue_bytes as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -241,6 +246,12 @@ impl Config {
         if self.max_queued_bytes < self.max_message_bytes {
             return Err(ConfigError::Invalid(
                 "max_queued_bytes must be at least max_message_bytes".into(),
+            ));
+        }
+        if !self.ephemeral && self.store_queue_bytes < self.max_message_bytes {
+            // A message larger than the queue could never be stored.
+            return Err(ConfigError::Invalid(
+                "store_queue_bytes must be at least max_message_bytes".into(),
             ));
         }
         if matches!(&self.admin_token, Some(token) if token.is_empty()) {
@@ -312,7 +323,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             sync: self.sync,
             max_batch: 4096,
-            queue_limit_bytes: 64 * 1024 * 1024,
+            queue_limit_bytes: self.store_queue_bytes,
             max_age: Duration::from_secs(self.inbox_max_age_hours.saturating_mul(3600)),
             dedup_window: Duration::from_secs(self.dedup_window_secs),
             room_history: self.room_history,
@@ -458,6 +469,10 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.max_message_bytes, 2048);
         assert_eq!(config.ping_interval_secs, Config::default().ping_interval_secs);
+        let queue =
+            Config::from_toml("store_queue_bytes = 268435456\n").unwrap_or_else(|e| panic!("{e}"));
+        let store = queue.store_config().unwrap_or_else(|| panic!("durable by default"));
+        assert_eq!(store.queue_limit_bytes, 256 << 20);
     }
 
     #[test]
@@ -469,5 +484,7 @@ mod tests {
         assert!(typed.contains("max_message_bytes"), "{typed}");
         let zero = Config { ping_interval_secs: 0, ..Config::default() };
         assert!(zero.validate().unwrap_err().to_string().contains("ping_interval_secs"));
+        let small = Config { store_queue_bytes: 1000, ..Config::default() };
+        assert!(small.validate().unwrap_err().to_string().contains("store_queue_bytes"));
     }
 }
