@@ -470,9 +470,11 @@ where
                 }
             });
             match batch.await {
+                // A socket error (no close frame can go out) or a replay the
+                // store could not read (the close frame says 1011).
                 Batch::Written(Err(reason)) => {
                     written.closer().close(reason);
-                    return;
+                    break 'run None;
                 }
                 Batch::Written(Ok(Next::Gather)) => gathering = GATHER_TURNS,
                 Batch::Written(Ok(Next::Write)) => {}
