@@ -19,7 +19,7 @@ use crate::store::SyncPolicy;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Bearer token required on /api; without one, /api answers loopback peers only.
+    /// Bearer token required on /api and /metrics; without one, both answer loopback peers only.
     pub admin_token: Option<String>,
     /// Largest message (frame) accepted, in bytes; larger closes with 1009.
     pub max_message_bytes: usize,

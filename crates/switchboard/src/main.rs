@@ -34,7 +34,7 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8888].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Require `Authorization: Bearer TOKEN` on /api.
+    /// Require `Authorization: Bearer TOKEN` on /api and /metrics.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
     admin_token: Option<String>,
     /// Largest message accepted, in bytes [default: 1048576].
