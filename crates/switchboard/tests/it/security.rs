@@ -611,29 +611,10 @@ async fn x_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
     assert_eq!(status, 429);
     let _two = accepted(request(&proxied, "?name=two", &xff("203.0.113.6"))).await;
     assert_eq!(client_addr(&proxied, "two").await, "203.0.113.6:0");
-    // The operator API's loopback rule judges the forwarded client.
-    let http = reqwest::Client::new();
-    let remote = http
-        .get(proxied.http("/api/clients"))
-        .header("X-Forwarded-For", "203.0.113.9")
-        .send()
-        .await
-        .expect("api");
-    assert_eq!(remote.status().as_u16(), 403);
-    let scrape = http
-        .get(proxied.http("/metrics"))
-        .header("X-Forwarded-For", "203.0.113.9")
-        .send()
-        .await
-        .expect("scrape");
-    assert_eq!(scrape.status().as_u16(), 403, "/metrics follows the same rule");
-    let local = http
-        .get(proxied.http("/api/clients"))
-        .header("X-Forwarded-For", "127.0.0.1")
-        .send()
-        .await
-        .expect("api");
-    assert_eq!(local.status().as_u16(), 200);
+    // The operator's loopback rule (`/api`, `/metrics`) judges the forwarded client.
+    assert_eq!(get_forwarded_for(&proxied, "/api/clients", "203.0.113.9").await, 403);
+    assert_eq!(get_forwarded_for(&proxied, "/metrics", "203.0.113.9").await, 403);
+    assert_eq!(get_forwarded_for(&proxied, "/api/clients", "127.0.0.1").await, 200);
 
     // Without trusted proxies, the header is the client's word and ignored.
     let direct = TestServer::start_with(Config { max_clients_per_ip: 1, ..test_config() }).await;
@@ -641,13 +622,18 @@ async fn x_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
     assert!(client_addr(&direct, "one").await.starts_with("127.0.0.1:"));
     let (status, _) = refused_with(request(&direct, "?name=two", &xff("203.0.113.77"))).await;
     assert_eq!(status, 429, "a forged header does not buy another address");
-    let api = http
-        .get(direct.http("/api/clients"))
-        .header("X-Forwarded-For", "203.0.113.9")
+    assert_eq!(get_forwarded_for(&direct, "/api/clients", "203.0.113.9").await, 200);
+}
+
+/// `GET path` with an `X-Forwarded-For` header: the status.
+async fn get_forwarded_for(server: &TestServer, path: &str, forwarded_for: &str) -> u16 {
+    let response = reqwest::Client::new()
+        .get(server.http(path))
+        .header("X-Forwarded-For", forwarded_for)
         .send()
         .await
-        .expect("api");
-    assert_eq!(api.status().as_u16(), 200);
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    response.status().as_u16()
 }
 
 // --- idle timeout --------------------------------------------------------------
