@@ -758,7 +758,9 @@ fn write_batch(
     }
     if !ids.is_empty() {
         let pairs: Vec<(&str, &str)> = ids.iter().map(|(s, id)| (&**s, id.as_str())).collect();
-        let json = serde_json::to_string(&pairs).expect("pairs of strings serialise");
+        // Pairs of strings always serialise; an error is reported, not a panic.
+        let json = serde_json::to_string(&pairs)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
         tx.prepare_cached("INSERT INTO sent_ids (ts, ids) VALUES (?1, ?2)")?
             .execute(params![now, json])?;
     }
