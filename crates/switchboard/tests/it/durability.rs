@@ -800,7 +800,10 @@ async fn a_stored_message_the_store_cannot_read_closes_with_1011_until_the_opera
     let server = TestServer::start_with(config(|c| c.data_dir = dir.clone())).await;
     let (mut bob, welcome) = v1_url(&server.ws_url("bob")).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
-    assert_eq!(bob.expect_close().await, (1011, "server error: cannot read stored messages".to_owned()));
+    assert_eq!(
+        bob.expect_close().await,
+        (1011, "server error: cannot read stored messages".to_owned())
+    );
     wait_offline(&server, "bob").await;
     let (status, kept) = inbox(&server, "bob").await;
     assert_eq!((status, &kept["depth"]), (200, &json!(1)), "still stored: {kept}");
