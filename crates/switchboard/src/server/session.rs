@@ -586,7 +586,14 @@ where
     };
     let name = written.client.name().clone();
     for entry in entries {
-        let Some((message, seq)) = entry_message(&name, entry) else { continue };
+        let seq = entry.seq;
+        // A record the hub cannot turn into a message (damaged: a direct
+        // message without a valid sender) fails the replay like one the
+        // store cannot read: skipped, the client's next ack would cover it.
+        let Some((message, seq)) = entry_message(&name, entry) else {
+            tracing::error!(name = %name, seq, "cannot read a stored message");
+            return Err(CloseReason::Internal("cannot read stored messages".into()));
+        };
         let item = Outgoing::Deliver { message, seq, stored: true };
         if let Some(frame) = encode_counted(item, written, counts) {
             sink.feed(frame).await.map_err(dropped)?;

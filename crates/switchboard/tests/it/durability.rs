@@ -780,10 +780,21 @@ async fn a_held_v1_send_is_answered_when_its_recipient_acks_or_the_inbox_is_purg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_message_the_store_cannot_read_closes_with_1011_until_the_operator_purges_it() {
-    // A row damaged on disk (here: a record kind this build does not know)
-    // is neither skipped (an accepted message lost without a word) nor a
-    // panic: its recipient's session closes with 1011, the rest of the hub
-    // runs on, and the operator's purge clears the way.
+    // A record kind this build does not know: the store cannot read the row.
+    unreadable_stored_message("UPDATE inbox SET kind = 99 WHERE name = 'bob'").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_without_its_sender_closes_with_1011_until_the_operator_purges_it() {
+    // The store reads the row; the hub cannot make a direct message of it.
+    unreadable_stored_message("UPDATE inbox SET sender = NULL WHERE name = 'bob'").await;
+}
+
+/// A row damaged on disk (by `damage`) is neither skipped (an accepted
+/// message lost without a word) nor a panic: its recipient's session
+/// closes with 1011, the rest of the hub runs on, and the operator's purge
+/// clears the way.
+async fn unreadable_stored_message(damage: &str) {
     let dir = temp_data_dir();
     let server = TestServer::start_with(config(|c| c.data_dir = dir.clone())).await;
     make_known(&server, "bob").await;
@@ -793,7 +804,7 @@ async fn a_stored_message_the_store_cannot_read_closes_with_1011_until_the_opera
     server.stop().await;
 
     let db = rusqlite::Connection::open(dir.join("switchboard.db")).expect("open the store");
-    let damaged = db.execute("UPDATE inbox SET kind = 99 WHERE name = 'bob'", []).expect("update");
+    let damaged = db.execute(damage, []).expect("damage");
     assert_eq!(damaged, 1, "bob's stored message is one row");
     drop(db);
 
