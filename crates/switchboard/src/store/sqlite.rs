@@ -428,8 +428,13 @@ impl Worker {
             return;
         }
         let count = batch.ops.len();
+        // Only operations no completion waits for (last-seen times, room
+        // history): a failure that loses nothing else fails no sender.
+        let background =
+            batch.ops.iter().all(|op| matches!(op, Op::Touch { .. } | Op::RoomAppend { .. }));
         let mut ops = batch.ops;
         let started = Instant::now();
+        let mut carried = CarryEffects::default();
         let result = write_batch(
             &mut self.conn,
             &mut ops,
@@ -437,6 +442,7 @@ impl Worker {
             &mut self.on_disk,
             &mut self.carry,
             due,
+            &mut carried,
         );
         let took = started.elapsed();
         if took >= SLOW_COMMIT {
@@ -449,10 +455,9 @@ impl Worker {
             );
         }
         self.shared.release(batch.cost);
-        // Emptied whether the transaction ran to the end or not.
-        ops.clear();
-        self.spare_ops = ops;
-        let ok = match result {
+        self.report(carried.cancelled);
+        // Whether nothing a completion waits for was lost.
+        let kept = match result {
             Ok(effects) => {
                 self.report(effects);
                 true
@@ -463,21 +468,35 @@ impl Worker {
                 if let Ok(on_disk) = load_on_disk(&self.conn) {
                     self.on_disk = on_disk;
                 }
-                false
+                let lost = self.forget_failed(&mut ops, carried.writing);
+                let kept = background && lost.removed.is_empty();
+                self.report(lost);
+                kept
             }
         };
+        // Emptied whether the transaction ran to the end or not.
+        ops.clear();
+        self.spare_ops = ops;
+        // Whether the completions this commit answers cover all it lost:
+        // this batch's (now or deferred) cover everything submitted before
+        // them; the last batch's, everything but this batch's operations.
+        let failure_told = !batch.thens.is_empty() || (self.deferred.is_some() && background);
         // A completion confirms everything submitted before it: a failed
         // commit of an earlier batch without completions counts too.
-        self.failed |= !ok;
+        self.failed |= !kept;
         let confirmed = !self.failed;
         // The last batch's completions: this commit wrote what they wait for.
         if let Some((thens, ok_then)) = self.deferred.take() {
             for then in thens {
-                guarded("a completion", || then(ok_then && ok));
+                guarded("a completion", || then(ok_then && kept));
             }
         }
-        if !batch.thens.is_empty() {
+        if failure_told {
+            // Told now, or deferred with `confirmed`: later completions,
+            // which may confirm only what came after, start afresh.
             self.failed = false;
+        }
+        if !batch.thens.is_empty() {
             if due == Due::Earlier {
                 self.deferred = Some((batch.thens, confirmed));
             } else {
@@ -487,6 +506,35 @@ impl Worker {
             }
         }
         self.shared.drained.notify_waiters();
+    }
+
+    /// What a failed commit lost, for the listener: the appends it took
+    /// from the carry to write (`writing`), this batch's appends when its
+    /// transaction did not begin (`unapplied`), and the carried appends of
+    /// the batch whose completions hear of the failure — this one once its
+    /// transaction began, else the last one, which this commit was to
+    /// confirm. Those are dropped rather than left for a later commit:
+    /// a sender told `unavailable` retries, and a later commit of the first
+    /// copy would deliver the message twice.
+    fn forget_failed(&mut self, unapplied: &mut Vec<Op>, mut lost: Effects) -> Effects {
+        for op in unapplied.drain(..) {
+            if let Op::Append { name, record, .. } = op {
+                lost.removed(&name, size(&record));
+            }
+        }
+        let batch = self.carry.batch;
+        for (name, list) in &mut self.carry.by_name {
+            let before = list.len();
+            list.retain(|p| {
+                let keep = p.batch != batch;
+                if !keep {
+                    lost.removed(name, size(&p.record));
+                }
+                keep
+            });
+            self.carry.entries -= before - list.len();
+        }
+        lost
     }
 
     /// True when some carried append must be written now.
@@ -621,6 +669,17 @@ impl Effects {
     }
 }
 
+/// What a transaction did to the carry, which its rollback does not undo.
+#[derive(Default)]
+struct CarryEffects {
+    /// Appends an ack or a purge cancelled in memory: gone, and their
+    /// receipts owed, whether the transaction commits or not.
+    cancelled: Effects,
+    /// Appends taken from the carry to be written: stored if the
+    /// transaction commits, lost if it does not.
+    writing: Effects,
+}
+
 /// An `Append` held back in memory (see [`CARRY_MAX_AGE`]), so that an
 /// `Ack` can cancel it before it is ever written.
 struct Pending {
@@ -650,6 +709,7 @@ fn write_batch(
     on_disk: &mut OnDisk,
     carry: &mut Carry,
     due: Due,
+    carried: &mut CarryEffects,
 ) -> rusqlite::Result<Effects> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     carry.batch += 1;
@@ -696,10 +756,10 @@ fn write_batch(
                     let acked = list.partition_point(|p| p.seq <= upto);
                     carry.entries -= acked;
                     for p in list.drain(..acked) {
-                        effects.removed(&name, size(&p.record));
+                        carried.cancelled.removed(&name, size(&p.record));
                         if p.receipt {
                             if let (Some(sender), Some(id)) = (&p.record.from, &p.client_id) {
-                                effects.receipts.push(Receipt {
+                                carried.cancelled.receipts.push(Receipt {
                                     sender: sender.to_string(),
                                     id: id.clone(),
                                     to: name.to_string(),
@@ -723,7 +783,7 @@ fn write_batch(
                 if let Some(list) = pending.remove(&name) {
                     carry.entries -= list.len();
                     for p in list {
-                        effects.removed(&name, size(&p.record));
+                        carried.cancelled.removed(&name, size(&p.record));
                     }
                 }
                 let mut stmt =
@@ -812,6 +872,11 @@ fn write_batch(
             let range = on_disk.entry(name.to_string()).or_insert((low, high));
             *range = (range.0.min(low), range.1.max(high));
             carry.entries -= due;
+            // All of them before the first insert: a failed insert drops
+            // the rest of the drain too.
+            for p in &list[..due] {
+                carried.writing.removed(name, size(&p.record));
+            }
             for p in list.drain(..due) {
                 let r = &p.record;
                 insert.execute(params![
@@ -1063,7 +1128,8 @@ mod carry_tests {
         /// still carried.
         fn write(&mut self, mut ops: Vec<Op>, due: Due) -> (i64, usize) {
             let (conn, carry) = (&mut self.conn, &mut self.carry);
-            write_batch(conn, &mut ops, 0, &mut self.on_disk, carry, due).unwrap();
+            let mut carried = CarryEffects::default();
+            write_batch(conn, &mut ops, 0, &mut self.on_disk, carry, due, &mut carried).unwrap();
             let rows = conn.query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0)).unwrap();
             (rows, carry.entries)
         }

@@ -628,3 +628,91 @@ fn a_group_commit_writes_its_dedup_ids_in_one_row() {
     assert_eq!(snapshot.recent_ids.len(), rows.iter().map(Vec::len).sum::<usize>());
     store.close();
 }
+
+/// Submits `op` with a completion and waits for its outcome.
+fn committed(store: &Store, op: Op) -> bool {
+    let (tx, rx) = std_mpsc::channel();
+    let then: Completion = Box::new(move |ok| tx.send(ok).unwrap());
+    store.submit_then(op, Some(then)).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+/// Makes every insert into the inbox fail inside its transaction, as a
+/// full disk would.
+const DISK_FULL: &str = "CREATE TRIGGER disk_full BEFORE INSERT ON inbox
+     BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;";
+
+/// A commit the database refuses loses what it was writing for good: its
+/// appends are reported removed (the hub's counts go back) and a later
+/// commit does not write them (their senders heard `unavailable` and
+/// retry: a late first copy would be a second delivery).
+#[test]
+fn a_failed_commit_reports_its_appends_removed_and_never_writes_them_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, recorder) = open(cfg.clone());
+    let db = raw_db(&cfg);
+    // Carried (bob is online), then written with an offline append that fails.
+    store.submit(live_to_bob(1)).unwrap();
+    db.execute_batch(DISK_FULL).unwrap();
+    assert!(!committed(&store, append("bob", 2, record("refused"))));
+    let lost = (record("live").size() + record("refused").size()) as u64;
+    assert_eq!(recorder.removed("bob"), (2, lost));
+
+    db.execute_batch("DROP TRIGGER disk_full").unwrap();
+    assert!(committed(&store, append("bob", 3, record("stored"))));
+    let seqs: Vec<u64> = replay(&store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [3]);
+    assert_eq!(stats(&store, "bob").depth, 1);
+    store.close();
+}
+
+/// A failed commit that only wrote the last batch's appends is reported to
+/// that batch's completions, and to them only: the next sender, whose own
+/// message is committed, is not told it failed (it would retry, and its
+/// message would be stored twice).
+#[test]
+fn a_failure_told_to_the_waiting_senders_is_not_told_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, recorder) = open(cfg.clone());
+    let db = raw_db(&cfg);
+    let (tx, rx) = std_mpsc::channel();
+    let release = hold(&store);
+    // One batch: a live append (carried past its own commit) and a sender
+    // waiting for it, answered after the next commit writes it.
+    store.submit(live_to_bob(1)).unwrap();
+    let then: Completion = Box::new(move |ok| tx.send(ok).unwrap());
+    store.submit_then(Op::Barrier, Some(then)).unwrap();
+    db.execute_batch(DISK_FULL).unwrap();
+    drop(release);
+    assert!(!rx.recv_timeout(Duration::from_secs(5)).unwrap(), "the append was not written");
+    assert_eq!(recorder.removed("bob"), (1, record("live").size() as u64));
+
+    db.execute_batch("DROP TRIGGER disk_full").unwrap();
+    assert!(committed(&store, append("bob", 2, record("stored"))));
+    let seqs: Vec<u64> = replay(&store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2]);
+    store.close();
+}
+
+/// A failed commit that loses no message (it wrote only carried `Touch`es,
+/// last-seen times) fails no sender, before or after it.
+#[test]
+fn a_failed_commit_of_last_seen_times_alone_fails_no_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, _) = open(cfg.clone());
+    let db = raw_db(&cfg);
+    db.execute_batch(
+        "CREATE TRIGGER no_names BEFORE INSERT ON names
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    store.submit(Op::Touch { name: "carol".into() }).unwrap();
+    // The read writes everything carried first: the `Touch` fails.
+    assert_eq!(stats(&store, "bob").depth, 0);
+    db.execute_batch("DROP TRIGGER no_names").unwrap();
+    assert!(committed(&store, append("bob", 1, record("stored"))));
+    store.close();
+}

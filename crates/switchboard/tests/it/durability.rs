@@ -833,3 +833,39 @@ async fn unreadable_stored_message(damage: &str) {
     assert_eq!(ack["status"], "live", "{ack}");
     assert_eq!(bob.recv_json().await["text"], "after the purge");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_database_refuses_is_answered_unavailable_and_the_retry_is_stored_once() {
+    // Another process holds the database's write lock past the store's busy
+    // timeout: the group commit fails. The sender hears `unavailable` (not
+    // an ack for a message that is not on disk), the id is forgotten (the
+    // retry is not a "duplicate"), and the retry is stored and replayed once.
+    let dir = temp_data_dir();
+    let server = TestServer::start_with(config(|c| c.data_dir = dir.clone())).await;
+    make_known(&server, "bob").await;
+    let mut alice = v1(&server, "alice").await;
+    let db = rusqlite::Connection::open(dir.join("switchboard.db")).expect("open the store");
+    db.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+
+    // Each batch waits out the busy timeout (5 s) before it fails: the
+    // message's, then the one remembering its id, which carries the answer.
+    alice.send_json(dm("d1", "bob", "once")).await;
+    let refused = match tokio::time::timeout(3 * WAIT, alice.socket.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).expect("json"),
+        other => panic!("expected the refusal, got {other:?}"),
+    };
+    assert_eq!((&refused["type"], &refused["id"]), (&json!("error"), &json!("d1")), "{refused}");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+
+    db.execute_batch("ROLLBACK").expect("release the write lock");
+    drop(db);
+    let ack = ask(&mut alice, dm("d1", "bob", "once")).await;
+    assert_eq!(ack, json!({"type": "ack", "id": "d1", "status": "stored"}));
+    // The refused copy is not counted in the inbox.
+    wait_depth(&server, "bob", 1).await;
+
+    let mut bob = v1(&server, "bob").await;
+    let got = bob.recv_json().await;
+    assert_eq!((&got["type"], &got["text"]), (&json!("dm"), &json!("once")), "{got}");
+    assert_nothing_queued(&mut bob, "stored-once").await;
+}
