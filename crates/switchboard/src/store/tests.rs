@@ -716,3 +716,38 @@ fn a_failed_commit_of_last_seen_times_alone_fails_no_sender() {
     assert!(committed(&store, append("bob", 1, record("stored"))));
     store.close();
 }
+
+/// An ack that cancels a carried append does so in memory, whatever becomes
+/// of the transaction it came in: the receipt its sender asked for goes out
+/// even when that transaction fails.
+#[test]
+fn an_ack_in_a_failed_commit_still_sends_the_receipts_of_what_it_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, recorder) = open(cfg.clone());
+    let db = raw_db(&cfg);
+    let asked = Op::Append {
+        name: "bob".into(),
+        seq: 1,
+        record: record("with receipt").into(),
+        client_id: Some("r1".into()),
+        receipt: true,
+        live: true,
+    };
+    let release = hold(&store);
+    // One batch: the live append, the ack that cancels it in memory, and an
+    // offline append whose insert fails.
+    store.submit(asked).unwrap();
+    store.submit(ack("bob", 1)).unwrap();
+    let (tx, rx) = std_mpsc::channel();
+    let then: Completion = Box::new(move |ok| tx.send(ok).unwrap());
+    store.submit_then(append("bob", 2, record("refused")), Some(then)).unwrap();
+    db.execute_batch(DISK_FULL).unwrap();
+    drop(release);
+    assert!(!rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    let receipt = Receipt { sender: "alice".into(), id: "r1".into(), to: "bob".into() };
+    assert_eq!(recorder.receipts(), [receipt]);
+    let both = (record("with receipt").size() + record("refused").size()) as u64;
+    assert_eq!(recorder.removed("bob"), (2, both));
+    store.close();
+}
