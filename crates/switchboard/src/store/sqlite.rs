@@ -259,6 +259,11 @@ pub(super) struct Worker {
     carry: Carry,
     /// A commit failed since the last completion ran (or was deferred).
     failed: bool,
+    /// Seq leases a failed commit did not write, retried first by the next
+    /// one: the hub hands out seqs up to a lease it has submitted, and one
+    /// missing on disk would let a restarted hub number new deliveries at
+    /// or below seqs a client has already acknowledged.
+    owed_leases: Vec<Op>,
     /// The last batch's completions, run after the next commit has written
     /// (or an ack has cancelled) the appends they wait for, with whether
     /// every commit up to their own succeeded ([`Due::Earlier`]).
@@ -345,6 +350,7 @@ impl Worker {
             on_disk,
             carry: Carry::default(),
             failed: false,
+            owed_leases: Vec::new(),
             deferred: None,
         }
     }
@@ -416,7 +422,10 @@ impl Worker {
     }
 
     /// Applies `batch` in one transaction, then reports and runs completions.
-    fn commit(&mut self, batch: Batch, due: Due) {
+    fn commit(&mut self, mut batch: Batch, due: Due) {
+        if !self.owed_leases.is_empty() {
+            batch.ops.splice(0..0, std::mem::take(&mut self.owed_leases));
+        }
         if batch.ops.is_empty() && (self.carry.is_empty() || !self.carry_is_due(due)) {
             // Nothing to write: what deferred completions waited for was
             // cancelled by acks (or written by an earlier commit).
@@ -428,10 +437,21 @@ impl Worker {
             return;
         }
         let count = batch.ops.len();
-        // Only operations no completion waits for (last-seen times, room
-        // history): a failure that loses nothing else fails no sender.
-        let background =
-            batch.ops.iter().all(|op| matches!(op, Op::Touch { .. } | Op::RoomAppend { .. }));
+        // Only operations a failure does not lose for anyone waiting:
+        // last-seen times and room history (nobody waits for them), and seq
+        // leases (retried until written, see `owed_leases`).
+        let background = batch
+            .ops
+            .iter()
+            .all(|op| matches!(op, Op::Touch { .. } | Op::RoomAppend { .. } | Op::Lease { .. }));
+        let leases: Vec<Op> = batch
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Lease { name, upto } => Some(Op::Lease { name: name.clone(), upto: *upto }),
+                _ => None,
+            })
+            .collect();
         let mut ops = batch.ops;
         let started = Instant::now();
         let mut carried = CarryEffects::default();
@@ -456,7 +476,7 @@ impl Worker {
         }
         self.shared.release(batch.cost);
         self.report(carried.cancelled);
-        // Whether nothing a completion waits for was lost.
+        // Whether nothing a completion waits for was lost for good.
         let kept = match result {
             Ok(effects) => {
                 self.report(effects);
@@ -468,6 +488,7 @@ impl Worker {
                 if let Ok(on_disk) = load_on_disk(&self.conn) {
                     self.on_disk = on_disk;
                 }
+                self.owed_leases = leases;
                 let lost = self.forget_failed(&mut ops, carried.writing);
                 let kept = background && lost.removed.is_empty();
                 self.report(lost);
@@ -484,11 +505,13 @@ impl Worker {
         // A completion confirms everything submitted before it: a failed
         // commit of an earlier batch without completions counts too.
         self.failed |= !kept;
-        let confirmed = !self.failed;
+        // A lease still owed is not on disk yet: no completion confirms it.
+        let durable = kept && self.owed_leases.is_empty();
+        let confirmed = !self.failed && durable;
         // The last batch's completions: this commit wrote what they wait for.
         if let Some((thens, ok_then)) = self.deferred.take() {
             for then in thens {
-                guarded("a completion", || then(ok_then && kept));
+                guarded("a completion", || then(ok_then && durable));
             }
         }
         if failure_told {

@@ -751,3 +751,26 @@ fn an_ack_in_a_failed_commit_still_sends_the_receipts_of_what_it_cancelled() {
     assert_eq!(recorder.removed("bob"), (2, both));
     store.close();
 }
+
+/// A seq lease a failed commit did not write is written by the next one:
+/// the hub has handed out seqs under it, and a restart must number above.
+#[test]
+fn a_lease_a_failed_commit_did_not_write_is_written_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, _) = open(cfg.clone());
+    let db = raw_db(&cfg);
+    db.execute_batch(
+        "CREATE TRIGGER no_names BEFORE INSERT ON names
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    assert!(!committed(&store, Op::Lease { name: "bob".into(), upto: 100 }));
+    db.execute_batch("DROP TRIGGER no_names").unwrap();
+    assert!(committed(&store, Op::Barrier));
+    store.close();
+    let (store, snapshot, _) = open(cfg);
+    let bob = snapshot.names.iter().find(|n| &*n.name == "bob").expect("bob is known");
+    assert_eq!(bob.next_seq, 101);
+    store.close();
+}
