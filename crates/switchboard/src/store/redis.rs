@@ -855,8 +855,7 @@ impl Worker {
         entries
             .into_iter()
             .map(|value| {
-                let id = value_id(&value);
-                entry(value).ok_or_else(|| {
+                entry(value).map_err(|id| {
                     format!(
                         "entry {} of {name}'s inbox cannot be read",
                         id.as_deref().unwrap_or("?")
@@ -875,7 +874,13 @@ impl Worker {
         let mut values = values.into_iter();
         let depth = values.next().as_ref().and_then(int).unwrap_or(0);
         let bytes = values.next().as_ref().and_then(int).unwrap_or(0);
-        let first = values.next().map(array).unwrap_or_default().into_iter().next().and_then(entry);
+        let first = values
+            .next()
+            .map(array)
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .and_then(|value| entry(value).ok());
         Some(InboxStats {
             depth,
             bytes,
@@ -1003,21 +1008,15 @@ fn record_args(pipe: &mut redis::Pipeline, record: &Record, rcpt: &str) {
         .arg(rcpt);
 }
 
-/// An `XRANGE` item's stream id, for the log.
-fn value_id(value: &Value) -> Option<String> {
-    match value {
-        Value::Array(parts) => parts.first().and_then(text),
-        _ => None,
-    }
-}
-
-/// An `XRANGE` item as an inbox entry; `None` when malformed, or of a kind
-/// this build does not know.
-fn entry(value: Value) -> Option<Entry> {
+/// An `XRANGE` item as an inbox entry; when it is malformed, or of a kind
+/// this build does not know, its stream id (if it has one) for the log.
+fn entry(value: Value) -> Result<Entry, Option<String>> {
     let mut parts = array(value).into_iter();
-    let id = text(&parts.next()?)?;
-    let seq = id.split_once('-')?.0.parse().ok()?;
-    let fields = array(parts.next()?);
+    let id = parts.next().as_ref().and_then(text).ok_or(None)?;
+    let Some(seq) = id.split_once('-').and_then(|(seq, _)| seq.parse().ok()) else {
+        return Err(Some(id));
+    };
+    let fields = array(parts.next().ok_or_else(|| Some(id.clone()))?);
     let mut kind = None;
     let mut ts = 0;
     let mut from = None;
@@ -1036,7 +1035,8 @@ fn entry(value: Value) -> Option<Entry> {
             _ => {}
         }
     }
-    Some(Entry { seq, record: Record { kind: kind?, ts, from, text: body, payload } })
+    let kind = kind.ok_or(Some(id))?;
+    Ok(Entry { seq, record: Record { kind, ts, from, text: body, payload } })
 }
 
 /// An `XRANGE` item of a room stream as a history record.
