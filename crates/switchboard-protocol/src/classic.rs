@@ -281,6 +281,20 @@ mod tests {
     }
 
     #[test]
+    fn the_text_of_a_dm_is_what_serde_json_decodes() {
+        let values = ["plain", "", "ünïcødé 名前 🎉", "a\"b", "back\\slash", "nl\n\t", "\u{1f}"];
+        for value in values {
+            let frame = format!(r#"{{"dst":"b","msg":{}}}"#, serde_json::to_string(value).unwrap());
+            let Some(raw) = parse_direct(&frame) else { panic!("{frame}") };
+            assert_eq!(&*raw.msg, value, "{frame}");
+        }
+        // A raw control character is not JSON: a message to the server.
+        let invalid = "{\"dst\":\"b\",\"msg\":\"a\u{1}b\"}";
+        assert!(serde_json::from_str::<serde_json::Value>(invalid).is_err());
+        assert!(parse_direct(invalid).is_none(), "{invalid:?}");
+    }
+
+    #[test]
     fn direct_round_trips_with_escapes() {
         let encoded = encode_direct("C1我是客户端", "b", "line\nbreak \"quoted\" <tag>");
         let back: serde_json::Value = serde_json::from_str(&encoded).unwrap_or_default();
