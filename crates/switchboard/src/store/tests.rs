@@ -637,10 +637,39 @@ fn committed(store: &Store, op: Op) -> bool {
     rx.recv_timeout(Duration::from_secs(5)).unwrap()
 }
 
-/// Makes every insert into the inbox fail inside its transaction, as a
-/// full disk would.
-const DISK_FULL: &str = "CREATE TRIGGER disk_full BEFORE INSERT ON inbox
-     BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;";
+/// A store, and a second connection to its database to break it with.
+struct Breakable {
+    store: Store,
+    recorder: Arc<Recorder>,
+    db: rusqlite::Connection,
+    cfg: StoreConfig,
+    _dir: tempfile::TempDir,
+}
+
+fn breakable() -> Breakable {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, _, recorder) = open(cfg.clone());
+    let db = raw_db(&cfg);
+    Breakable { store, recorder, db, cfg, _dir: dir }
+}
+
+impl Breakable {
+    /// Makes every insert into `table` fail inside its transaction, as a
+    /// full disk would, until [`Breakable::disk_freed`].
+    fn disk_full(&self, table: &str) {
+        self.db
+            .execute_batch(&format!(
+                "CREATE TRIGGER full_{table} BEFORE INSERT ON {table}
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;"
+            ))
+            .unwrap();
+    }
+
+    fn disk_freed(&self, table: &str) {
+        self.db.execute_batch(&format!("DROP TRIGGER full_{table}")).unwrap();
+    }
+}
 
 /// A commit the database refuses loses what it was writing for good: its
 /// appends are reported removed (the hub's counts go back) and a later
@@ -648,22 +677,20 @@ const DISK_FULL: &str = "CREATE TRIGGER disk_full BEFORE INSERT ON inbox
 /// retry: a late first copy would be a second delivery).
 #[test]
 fn a_failed_commit_reports_its_appends_removed_and_never_writes_them_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (store, _, recorder) = open(cfg.clone());
-    let db = raw_db(&cfg);
+    let broken = breakable();
+    let (store, recorder) = (&broken.store, &broken.recorder);
     // Carried (bob is online), then written with an offline append that fails.
     store.submit(live_to_bob(1)).unwrap();
-    db.execute_batch(DISK_FULL).unwrap();
-    assert!(!committed(&store, append("bob", 2, record("refused"))));
+    broken.disk_full("inbox");
+    assert!(!committed(store, append("bob", 2, record("refused"))));
     let lost = (record("live").size() + record("refused").size()) as u64;
     assert_eq!(recorder.removed("bob"), (2, lost));
 
-    db.execute_batch("DROP TRIGGER disk_full").unwrap();
-    assert!(committed(&store, append("bob", 3, record("stored"))));
-    let seqs: Vec<u64> = replay(&store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
+    broken.disk_freed("inbox");
+    assert!(committed(store, append("bob", 3, record("stored"))));
+    let seqs: Vec<u64> = replay(store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [3]);
-    assert_eq!(stats(&store, "bob").depth, 1);
+    assert_eq!(stats(store, "bob").depth, 1);
     store.close();
 }
 
@@ -673,25 +700,23 @@ fn a_failed_commit_reports_its_appends_removed_and_never_writes_them_later() {
 /// message would be stored twice).
 #[test]
 fn a_failure_told_to_the_waiting_senders_is_not_told_to_the_next_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (store, _, recorder) = open(cfg.clone());
-    let db = raw_db(&cfg);
+    let broken = breakable();
+    let (store, recorder) = (&broken.store, &broken.recorder);
     let (tx, rx) = std_mpsc::channel();
-    let release = hold(&store);
+    let release = hold(store);
     // One batch: a live append (carried past its own commit) and a sender
     // waiting for it, answered after the next commit writes it.
     store.submit(live_to_bob(1)).unwrap();
     let then: Completion = Box::new(move |ok| tx.send(ok).unwrap());
     store.submit_then(Op::Barrier, Some(then)).unwrap();
-    db.execute_batch(DISK_FULL).unwrap();
+    broken.disk_full("inbox");
     drop(release);
     assert!(!rx.recv_timeout(Duration::from_secs(5)).unwrap(), "the append was not written");
     assert_eq!(recorder.removed("bob"), (1, record("live").size() as u64));
 
-    db.execute_batch("DROP TRIGGER disk_full").unwrap();
-    assert!(committed(&store, append("bob", 2, record("stored"))));
-    let seqs: Vec<u64> = replay(&store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
+    broken.disk_freed("inbox");
+    assert!(committed(store, append("bob", 2, record("stored"))));
+    let seqs: Vec<u64> = replay(store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [2]);
     store.close();
 }
@@ -700,20 +725,14 @@ fn a_failure_told_to_the_waiting_senders_is_not_told_to_the_next_one() {
 /// last-seen times) fails no sender, before or after it.
 #[test]
 fn a_failed_commit_of_last_seen_times_alone_fails_no_sender() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (store, _, _) = open(cfg.clone());
-    let db = raw_db(&cfg);
-    db.execute_batch(
-        "CREATE TRIGGER no_names BEFORE INSERT ON names
-         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-    )
-    .unwrap();
+    let broken = breakable();
+    let store = &broken.store;
+    broken.disk_full("names");
     store.submit(Op::Touch { name: "carol".into() }).unwrap();
     // The read writes everything carried first: the `Touch` fails.
-    assert_eq!(stats(&store, "bob").depth, 0);
-    db.execute_batch("DROP TRIGGER no_names").unwrap();
-    assert!(committed(&store, append("bob", 1, record("stored"))));
+    assert_eq!(stats(store, "bob").depth, 0);
+    broken.disk_freed("names");
+    assert!(committed(store, append("bob", 1, record("stored"))));
     store.close();
 }
 
@@ -722,10 +741,8 @@ fn a_failed_commit_of_last_seen_times_alone_fails_no_sender() {
 /// even when that transaction fails.
 #[test]
 fn an_ack_in_a_failed_commit_still_sends_the_receipts_of_what_it_cancelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (store, _, recorder) = open(cfg.clone());
-    let db = raw_db(&cfg);
+    let broken = breakable();
+    let (store, recorder) = (&broken.store, &broken.recorder);
     let asked = Op::Append {
         name: "bob".into(),
         seq: 1,
@@ -734,7 +751,7 @@ fn an_ack_in_a_failed_commit_still_sends_the_receipts_of_what_it_cancelled() {
         receipt: true,
         live: true,
     };
-    let release = hold(&store);
+    let release = hold(store);
     // One batch: the live append, the ack that cancels it in memory, and an
     // offline append whose insert fails.
     store.submit(asked).unwrap();
@@ -742,7 +759,7 @@ fn an_ack_in_a_failed_commit_still_sends_the_receipts_of_what_it_cancelled() {
     let (tx, rx) = std_mpsc::channel();
     let then: Completion = Box::new(move |ok| tx.send(ok).unwrap());
     store.submit_then(append("bob", 2, record("refused")), Some(then)).unwrap();
-    db.execute_batch(DISK_FULL).unwrap();
+    broken.disk_full("inbox");
     drop(release);
     assert!(!rx.recv_timeout(Duration::from_secs(5)).unwrap());
     let receipt = Receipt { sender: "alice".into(), id: "r1".into(), to: "bob".into() };
@@ -756,20 +773,14 @@ fn an_ack_in_a_failed_commit_still_sends_the_receipts_of_what_it_cancelled() {
 /// the hub has handed out seqs under it, and a restart must number above.
 #[test]
 fn a_lease_a_failed_commit_did_not_write_is_written_by_the_next_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (store, _, _) = open(cfg.clone());
-    let db = raw_db(&cfg);
-    db.execute_batch(
-        "CREATE TRIGGER no_names BEFORE INSERT ON names
-         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-    )
-    .unwrap();
-    assert!(!committed(&store, Op::Lease { name: "bob".into(), upto: 100 }));
-    db.execute_batch("DROP TRIGGER no_names").unwrap();
-    assert!(committed(&store, Op::Barrier));
+    let broken = breakable();
+    let store = &broken.store;
+    broken.disk_full("names");
+    assert!(!committed(store, Op::Lease { name: "bob".into(), upto: 100 }));
+    broken.disk_freed("names");
+    assert!(committed(store, Op::Barrier));
     store.close();
-    let (store, snapshot, _) = open(cfg);
+    let (store, snapshot, _) = open(broken.cfg.clone());
     let bob = snapshot.names.iter().find(|n| &*n.name == "bob").expect("bob is known");
     assert_eq!(bob.next_seq, 101);
     store.close();
