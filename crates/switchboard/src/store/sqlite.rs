@@ -683,11 +683,15 @@ struct Effects {
 
 impl Effects {
     fn removed(&mut self, name: &str, bytes: u64) {
+        self.removed_many(name, 1, bytes);
+    }
+
+    fn removed_many(&mut self, name: &str, count: u64, bytes: u64) {
         if let Some((entries, total)) = self.removed.get_mut(name) {
-            *entries += 1;
+            *entries += count;
             *total = total.saturating_add(bytes);
         } else {
-            self.removed.insert(name.to_owned(), (1, bytes));
+            self.removed.insert(name.to_owned(), (count, bytes));
         }
     }
 }
@@ -897,9 +901,8 @@ fn write_batch(
             carry.entries -= due;
             // All of them before the first insert: a failed insert drops
             // the rest of the drain too.
-            for p in &list[..due] {
-                carried.writing.removed(name, size(&p.record));
-            }
+            let bytes = list[..due].iter().map(|p| size(&p.record)).sum();
+            carried.writing.removed_many(name, due as u64, bytes);
             for p in list.drain(..due) {
                 let r = &p.record;
                 insert.execute(params![
