@@ -847,8 +847,8 @@ async fn a_commit_the_database_refuses_is_answered_unavailable_and_the_retry_is_
     let db = rusqlite::Connection::open(dir.join("switchboard.db")).expect("open the store");
     db.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
 
-    // Each batch waits out the busy timeout (5 s) before it fails: the
-    // message's, then the one remembering its id, which carries the answer.
+    // Each commit waits out the busy timeout (5 s) before it fails: the
+    // message's, and the next one, after which its sender is answered.
     alice.send_json(dm("d1", "bob", "once")).await;
     let refused = match tokio::time::timeout(3 * WAIT, alice.socket.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).expect("json"),
