@@ -438,12 +438,15 @@ impl Worker {
         }
         let count = batch.ops.len();
         // Only operations a failure does not lose for anyone waiting:
-        // last-seen times and room history (nobody waits for them), and seq
-        // leases (retried until written, see `owed_leases`).
-        let background = batch
-            .ops
-            .iter()
-            .all(|op| matches!(op, Op::Touch { .. } | Op::RoomAppend { .. } | Op::Lease { .. }));
+        // last-seen times and room history (nobody waits for them), seq
+        // leases (retried until written, see `owed_leases`) and acks (what
+        // one does not delete stays stored, and the next ack deletes it).
+        let background = batch.ops.iter().all(|op| {
+            matches!(
+                op,
+                Op::Touch { .. } | Op::RoomAppend { .. } | Op::Lease { .. } | Op::Ack { .. }
+            )
+        });
         let leases: Vec<Op> = batch
             .ops
             .iter()

@@ -655,19 +655,29 @@ fn breakable() -> Breakable {
 }
 
 impl Breakable {
-    /// Makes every insert into `table` fail inside its transaction, as a
-    /// full disk would, until [`Breakable::disk_freed`].
-    fn disk_full(&self, table: &str) {
+    /// Makes every `event` (`INSERT`, `DELETE`) on `table` fail inside its
+    /// transaction, as a full disk or an I/O error would, until
+    /// [`Breakable::allow`].
+    fn refuse(&self, event: &str, table: &str) {
         self.db
             .execute_batch(&format!(
-                "CREATE TRIGGER full_{table} BEFORE INSERT ON {table}
+                "CREATE TRIGGER refuse_{event}_{table} BEFORE {event} ON {table}
                  BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;"
             ))
             .unwrap();
     }
 
+    fn allow(&self, event: &str, table: &str) {
+        self.db.execute_batch(&format!("DROP TRIGGER refuse_{event}_{table}")).unwrap();
+    }
+
+    /// Every insert into `table` fails, until [`Breakable::disk_freed`].
+    fn disk_full(&self, table: &str) {
+        self.refuse("INSERT", table);
+    }
+
     fn disk_freed(&self, table: &str) {
-        self.db.execute_batch(&format!("DROP TRIGGER full_{table}")).unwrap();
+        self.allow("INSERT", table);
     }
 }
 
@@ -783,5 +793,27 @@ fn a_lease_a_failed_commit_did_not_write_is_written_by_the_next_one() {
     let (store, snapshot, _) = open(broken.cfg.clone());
     let bob = snapshot.names.iter().find(|n| &*n.name == "bob").expect("bob is known");
     assert_eq!(bob.next_seq, 101);
+    store.close();
+}
+
+/// A failed ack loses nothing a sender waits for (its entries stay stored,
+/// and the next ack deletes them): it fails no sender after it.
+#[test]
+fn a_failed_ack_fails_no_sender_and_the_next_ack_deletes_its_entries() {
+    let broken = breakable();
+    let (store, recorder) = (&broken.store, &broken.recorder);
+    assert!(committed(store, append("bob", 1, record("first"))));
+    broken.refuse("DELETE", "inbox");
+    store.submit(ack("bob", 1)).unwrap();
+    // The read commits the ack first: its delete fails.
+    assert_eq!(stats(store, "bob").depth, 1);
+    broken.allow("DELETE", "inbox");
+    assert!(committed(store, append("bob", 2, record("second"))));
+    let seqs: Vec<u64> = replay(store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    store.submit(ack("bob", 2)).unwrap();
+    assert_eq!(stats(store, "bob").depth, 0);
+    let both = (record("first").size() + record("second").size()) as u64;
+    assert_eq!(recorder.removed("bob"), (2, both));
     store.close();
 }
