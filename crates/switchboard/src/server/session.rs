@@ -376,6 +376,13 @@ impl Written {
         self.client.protocol()
     }
 
+    /// Adds what was fed to `/metrics` and to the client's counter: once
+    /// per batch, not per frame.
+    fn count_out(&self, counts: &OutCounts) {
+        metrics::global().add_out(counts);
+        self.client.count_out(counts.deliveries());
+    }
+
     /// Called after a successful flush.
     fn flushed(&mut self) {
         if self.stored_upto > 0 {
@@ -516,21 +523,13 @@ where
     let mut next = Some(first);
     let mut fed = 0;
     while let Some(item) = next.take() {
-        match item {
-            Outgoing::Replay(replay) => replay_stored(sink, replay, written, &mut counts).await?,
-            item => {
-                if let Some(frame) = encode_counted(item, written, &mut counts) {
-                    sink.feed(frame).await.map_err(dropped)?;
-                }
-            }
-        }
+        feed(sink, item, written, &mut counts).await?;
         fed += 1;
         if fed < MAX_BATCH {
             next = outbox.try_recv();
         }
     }
-    metrics::global().add_out(&counts);
-    written.client.count_out(counts.deliveries());
+    written.count_out(&counts);
     sink.flush().await.map_err(dropped)?;
     written.flushed();
     let busy = fed >= contention::BUSY_BATCH;
@@ -539,6 +538,26 @@ where
         Ok(Next::Gather)
     } else {
         Ok(Next::Write)
+    }
+}
+
+/// Feeds one outbox item to the socket: its frame, or for a replay the
+/// stored entries in seq order.
+async fn feed<S>(
+    sink: &mut Sink<S>,
+    item: Outgoing,
+    written: &mut Written,
+    counts: &mut OutCounts,
+) -> Result<(), CloseReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match item {
+        Outgoing::Replay(replay) => replay_stored(sink, replay, written, counts).await,
+        item => match encode_counted(item, written, counts) {
+            Some(frame) => sink.feed(frame).await.map_err(dropped),
+            None => Ok(()),
+        },
     }
 }
 
@@ -634,18 +653,12 @@ where
     let mut counts = OutCounts::default();
     let fed = async {
         while let Some(item) = outbox.try_recv() {
-            if let Outgoing::Replay(replay) = item {
-                replay_stored(sink, replay, written, &mut counts).await?;
-                continue;
-            }
-            let Some(frame) = encode_counted(item, written, &mut counts) else { continue };
-            sink.feed(frame).await.map_err(dropped)?;
+            feed(sink, item, written, &mut counts).await?;
         }
         sink.flush().await.map_err(dropped)
     };
     let fed = fed.await;
-    metrics::global().add_out(&counts);
-    written.client.count_out(counts.deliveries());
+    written.count_out(&counts);
     if fed.is_ok() {
         written.flushed();
     }

@@ -98,6 +98,11 @@ fn replay(store: &Store, name: &str, after: u64, upto: u64) -> Vec<Entry> {
     store.replay(name, after, upto, false).blocking_recv().unwrap().unwrap()
 }
 
+/// The seqs of every entry stored for `name`.
+fn stored_seqs(store: &Store, name: &str) -> Vec<u64> {
+    replay(store, name, 0, u64::MAX).iter().map(|e| e.seq).collect()
+}
+
 /// Parks the store thread inside a completion until the returned sender is
 /// dropped, so that what is submitted meanwhile lands in one batch.
 fn hold(store: &Store) -> std_mpsc::Sender<()> {
@@ -698,8 +703,7 @@ fn a_failed_commit_reports_its_appends_removed_and_never_writes_them_later() {
 
     broken.disk_freed("inbox");
     assert!(committed(store, append("bob", 3, record("stored"))));
-    let seqs: Vec<u64> = replay(store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [3]);
+    assert_eq!(stored_seqs(store, "bob"), [3]);
     assert_eq!(stats(store, "bob").depth, 1);
     store.close();
 }
@@ -726,8 +730,7 @@ fn a_failure_told_to_the_waiting_senders_is_not_told_to_the_next_one() {
 
     broken.disk_freed("inbox");
     assert!(committed(store, append("bob", 2, record("stored"))));
-    let seqs: Vec<u64> = replay(store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [2]);
+    assert_eq!(stored_seqs(store, "bob"), [2]);
     store.close();
 }
 
@@ -809,8 +812,7 @@ fn a_failed_ack_fails_no_sender_and_the_next_ack_deletes_its_entries() {
     assert_eq!(stats(store, "bob").depth, 1);
     broken.allow("DELETE", "inbox");
     assert!(committed(store, append("bob", 2, record("second"))));
-    let seqs: Vec<u64> = replay(store, "bob", 0, u64::MAX).iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [1, 2]);
+    assert_eq!(stored_seqs(store, "bob"), [1, 2]);
     store.submit(ack("bob", 2)).unwrap();
     assert_eq!(stats(store, "bob").depth, 0);
     let both = (record("first").size() + record("second").size()) as u64;
