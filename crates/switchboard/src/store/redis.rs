@@ -235,9 +235,13 @@ pub(super) struct Worker {
     config: StoreConfig,
     /// Live appends held back (see [`Carry`]).
     carry: Carry,
-    /// An operation failed since the last completion ran: the next
-    /// completions report failure (they confirm everything before them).
+    /// An operation a completion waits for failed since the last
+    /// completion ran: the next completions report failure (they confirm
+    /// everything before them).
     failed: bool,
+    /// Seq leases Redis did not take: written first by the next pipeline,
+    /// and until then no completion confirms (as in the SQLite store).
+    owed_leases: Vec<Op>,
 }
 
 /// Appends to online recipients that nobody waits for, held in memory so
@@ -316,8 +320,10 @@ enum Item {
 
 /// How to read one pipeline result.
 enum Expect {
-    /// A fenced append: 1 stored, else refused.
-    Append { name: Name, seq: u64 },
+    /// A fenced append: 1 stored, else refused (and reported removed).
+    Append { name: Name, seq: u64, size: u64 },
+    /// A seq lease: owed until written.
+    Lease { name: Name, upto: u64 },
     /// An ack: entries, bytes, receipts.
     Ack { name: Name },
     /// A purge: entries, bytes.
@@ -326,8 +332,9 @@ enum Expect {
     Route { to: Name, limits: (u64, u64), done: RouteDone },
     /// A room publish: its rseq goes to `done`.
     Room { done: RoomDone },
-    /// Anything else: only errors matter.
-    Plain,
+    /// Anything else: only errors matter, and only when a completion
+    /// waits for the operation (a dedup id, not a last-seen mark).
+    Plain { waited_for: bool },
 }
 
 impl Worker {
@@ -350,6 +357,7 @@ impl Worker {
             config,
             carry: Carry::default(),
             failed: false,
+            owed_leases: Vec::new(),
         }
     }
 
@@ -363,8 +371,8 @@ impl Worker {
             let Some(mut cmd) = first else {
                 // Carried appends came of age: write them.
                 if self.carry.deadline().is_some_and(|deadline| deadline <= Instant::now()) {
-                    let ok = self.apply(Vec::new(), true);
-                    self.failed |= !ok;
+                    let kept = self.apply(Vec::new(), true);
+                    self.failed |= !kept;
                 }
                 continue;
             };
@@ -404,12 +412,13 @@ impl Worker {
             let everything = read.is_some()
                 || !thens.is_empty()
                 || items.iter().any(|item| matches!(item, Item::Route(..)));
-            let ok = self.apply(items, everything);
+            let kept = self.apply(items, everything);
             self.shared.release(cost);
             // A completion confirms everything submitted before it: a
             // failure in an earlier batch without completions counts too.
-            self.failed |= !ok;
-            let confirmed = !self.failed;
+            self.failed |= !kept;
+            // A lease still owed is not in Redis yet: no completion confirms it.
+            let confirmed = !self.failed && self.owed_leases.is_empty();
             if !thens.is_empty() {
                 self.failed = false;
             }
@@ -433,7 +442,8 @@ impl Worker {
     /// appends it covers (reported as removed, with their receipts).
     fn plan(&mut self, items: Vec<Item>, everything: bool) -> Vec<Item> {
         let everything = everything || self.carry.is_due();
-        let mut out = Vec::with_capacity(items.len());
+        let mut out = Vec::with_capacity(items.len() + self.owed_leases.len());
+        out.extend(self.owed_leases.drain(..).map(Item::Op));
         if everything {
             out.extend(self.carry.take_all().into_iter().map(Item::Op));
         }
@@ -561,8 +571,14 @@ impl Worker {
         pipe
     }
 
-    /// Applies `items` as one pipeline; false when an operation failed
-    /// (routes get their own outcomes).
+    /// Applies `items` as one pipeline. Returns whether nothing a completion
+    /// waits for was lost: routes and room publishes hear their own
+    /// outcomes, a lease that fails is owed (written by the next pipeline),
+    /// and a failed ack or last-seen mark loses nothing (the entries stay
+    /// stored; the next ack deletes them). An append that fails is reported
+    /// removed, since the hub counts it against the limits until then; so is
+    /// one whose pipeline broke off, which Redis may have applied (it is
+    /// then counted once too few until the recipient acknowledges it).
     fn apply(&mut self, items: Vec<Item>, everything: bool) -> bool {
         let items = self.plan(items, everything);
         if !items.iter().any(|item| match item {
@@ -574,27 +590,11 @@ impl Worker {
         let now = now_ms();
         let window = millis(self.config.dedup_window);
         let max_age = millis(self.config.max_age);
-        // Connect first: the pipeline calls the scripts by this session's SHAs.
-        let shas = match self.session() {
-            Ok(session) => session.shas.clone(),
-            Err(error) => {
-                let mut ok = true;
-                for item in items {
-                    match item {
-                        Item::Route(_, done) => {
-                            guarded("a route completion", || {
-                                done(RouteOutcome::Failed(error.clone()))
-                            });
-                        }
-                        Item::Room(_, done) => {
-                            guarded("a room completion", || done(Err(error.clone())));
-                        }
-                        Item::Op(Op::RoomAppend { .. } | Op::Barrier) => {}
-                        Item::Op(_) => ok = false,
-                    }
-                }
-                return ok;
-            }
+        // Connect first: the pipeline calls the scripts by this session's
+        // SHAs (without a session, it is built to be failed item by item).
+        let (shas, unreachable) = match self.session() {
+            Ok(session) => (session.shas.clone(), None),
+            Err(error) => (Vec::new(), Some(error)),
         };
         let mut pipe = redis::pipe();
         let mut expect = Vec::new();
@@ -654,9 +654,10 @@ impl Worker {
             match op {
                 Op::Touch { name } => {
                     pipe.cmd("SET").arg(seq_key(&name)).arg(0).arg("NX");
-                    expect.push(Expect::Plain);
+                    expect.push(Expect::Plain { waited_for: false });
                 }
                 Op::Append { name, seq, record, client_id, receipt, .. } => {
+                    let size = record.size() as u64;
                     let rcpt = receipt_field(&record, client_id.as_deref(), receipt);
                     let from = record.from.as_deref().unwrap_or("");
                     let keys =
@@ -671,7 +672,7 @@ impl Worker {
                         .arg(max_age)
                         .arg(window.max(1))
                         .arg(MAX_SENT_IDS);
-                    expect.push(Expect::Append { name, seq });
+                    expect.push(Expect::Append { name, seq, size });
                 }
                 Op::Ack { name, upto } => {
                     Self::eval(
@@ -686,7 +687,7 @@ impl Worker {
                 }
                 Op::Lease { name, upto } => {
                     Self::eval(&mut pipe, &shas, Script::Lease, &[seq_key(&name)]).arg(upto);
-                    expect.push(Expect::Plain);
+                    expect.push(Expect::Lease { name, upto });
                 }
                 Op::Sent { sender, id } => {
                     Self::eval(&mut pipe, &shas, Script::Sent, &[sent_key(&sender)])
@@ -695,7 +696,7 @@ impl Worker {
                         .arg(now.saturating_sub(window))
                         .arg(window.max(1))
                         .arg(MAX_SENT_IDS);
-                    expect.push(Expect::Plain);
+                    expect.push(Expect::Plain { waited_for: true });
                 }
                 Op::Purge { name } => {
                     Self::eval(
@@ -713,25 +714,17 @@ impl Worker {
         if expect.is_empty() {
             return true;
         }
-        let values = match self.query(&pipe) {
+        let values = match unreachable.map_or_else(|| self.query(&pipe), Err) {
             Ok(values) => values,
             Err(error) => {
+                let mut kept = true;
                 for expect in expect {
-                    match expect {
-                        Expect::Route { done, .. } => guarded("a route completion", || {
-                            done(RouteOutcome::Failed(error.clone()));
-                        }),
-                        Expect::Room { done } => {
-                            guarded("a room completion", || done(Err(error.clone())));
-                        }
-                        _ => {}
-                    }
+                    kept &= !self.lose(expect, &error);
                 }
-
-                return false;
+                return kept;
             }
         };
-        let mut ok = true;
+        let mut kept = true;
         let mut receipts = Vec::new();
         for (expect, value) in expect.into_iter().zip(values) {
             if let Value::ServerError(error) = &value {
@@ -740,23 +733,16 @@ impl Worker {
                     // Redis restarted behind an open connection: reload next time.
                     self.session = None;
                 }
-                ok = false;
-                let why = format!("message store (Redis): {error:?}");
-                match expect {
-                    Expect::Route { done, .. } => {
-                        guarded("a route completion", || done(RouteOutcome::Failed(why)));
-                    }
-                    Expect::Room { done } => guarded("a room completion", || done(Err(why))),
-                    _ => {}
-                }
+                kept &= !self.lose(expect, &format!("message store (Redis): {error:?}"));
                 continue;
             }
             match expect {
-                Expect::Append { name, seq } => {
+                Expect::Append { name, seq, size } => {
                     if int(&value) != Some(1) {
-                        tracing::warn!(%name, seq,
-                            "store: append refused: this node no longer holds the name");
-                        ok = false;
+                        tracing::warn!(%name, seq, reply = ?value,
+                            "store: append refused (this node no longer holds the name, \
+                             or Redis refused the entry)");
+                        kept &= !self.lose(Expect::Append { name, seq, size }, "");
                     }
                 }
                 Expect::Ack { name } => {
@@ -786,14 +772,49 @@ impl Worker {
                     let rseq = int(&value).ok_or_else(|| "message store (Redis): bad rseq".into());
                     guarded("a room completion", || done(rseq));
                 }
-                Expect::Plain => {}
+                Expect::Lease { .. } | Expect::Plain { .. } => {}
             }
         }
         if !receipts.is_empty() {
             let listener = &self.listener;
             guarded("StoreListener::receipts", || listener.receipts(receipts));
         }
-        ok
+        kept
+    }
+
+    /// An operation that was not applied, for the reason `why`: routes and
+    /// room publishes hear it, an append is reported removed, a lease is
+    /// owed. Returns whether it loses something a completion waits for.
+    fn lose(&mut self, expect: Expect, why: &str) -> bool {
+        match expect {
+            Expect::Route { done, .. } => {
+                guarded("a route completion", || done(RouteOutcome::Failed(why.to_owned())));
+                false
+            }
+            Expect::Room { done } => {
+                guarded("a room completion", || done(Err(why.to_owned())));
+                false
+            }
+            Expect::Append { name, size, .. } => {
+                self.removed(&name, 1, size);
+                true
+            }
+            Expect::Lease { name, upto } => {
+                // One per name: the highest (a lease only raises the counter).
+                let owed = self.owed_leases.iter_mut().find_map(|op| match op {
+                    Op::Lease { name: owed, upto } if *owed == name => Some(upto),
+                    _ => None,
+                });
+                match owed {
+                    Some(owed) => *owed = (*owed).max(upto),
+                    None => self.owed_leases.push(Op::Lease { name, upto }),
+                }
+                false
+            }
+            Expect::Ack { .. } => false,
+            Expect::Purge { .. } => true,
+            Expect::Plain { waited_for } => waited_for,
+        }
     }
 
     fn removed(&self, name: &str, entries: u64, bytes: u64) {
@@ -808,8 +829,8 @@ impl Worker {
             Read::Replay { name, after, upto, ack_through_after, reply } => {
                 if ack_through_after && after > 0 {
                     let ack = Op::Ack { name: Name::from(name.as_str()), upto: after };
-                    let ok = self.apply(vec![Item::Op(ack)], true);
-                    self.failed |= !ok;
+                    let kept = self.apply(vec![Item::Op(ack)], true);
+                    self.failed |= !kept;
                 }
                 let _ = reply.send(self.replay(&name, after, upto));
             }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::common::redis::{node_process, nodes, Redis};
+use crate::common::redis::{node_process, nodes, settle, Redis};
 use crate::common::stream::{
     join_since, read_stream, read_stream_skipping, rseq_of, seq_of, stream_dms, texts,
 };
@@ -384,4 +384,48 @@ async fn room_history_is_numbered_cluster_wide_and_replayed_on_any_node() {
     }
     assert_eq!(texts(&replayed), ["a0", "a1", "a2", "a3", "c0"]);
     assert_eq!(replayed.iter().map(rseq_of).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+}
+
+/// Sends the message store refused during a Redis outage leave nothing
+/// counted against the inbox and store limits. The hub counts an append
+/// until the store reports it gone; a failed append was never reported, so
+/// each refused send stayed counted for the node's lifetime, and a long
+/// enough outage left the node refusing every stored delivery ("the message
+/// store is full").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_refused_during_a_redis_outage_stay_counted_nowhere() {
+    let mut redis = Redis::start().await;
+    let nodes = nodes(&redis, 1).await;
+    let mut alice = v1(&nodes[0], "alice").await;
+    let mut bob = v1(&nodes[0], "bob").await;
+    settle(&nodes, 2).await;
+
+    redis.stop().await;
+    let hub = nodes[0].hub.clone();
+    eventually("bus degraded", || !hub.bus().healthy()).await;
+    for i in 0..3 {
+        let answer = ask(&mut alice, dm(&format!("m{i}"), "bob", "during the outage")).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some("unavailable")),
+            "{answer}"
+        );
+        // Delivered live all the same (at least once: the retry below comes too).
+        let dm = bob.recv_json().await;
+        assert_eq!(dm["text"], "during the outage", "{dm}");
+        let seq = seq_of(&dm);
+        bob.send_json(json!({"type": "ack", "seq": seq})).await;
+    }
+
+    redis.spawn().await;
+    let wait_healthy = async {
+        while !hub.bus().healthy() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait_healthy).await.expect("bus healed");
+    eventually("the refused sends uncounted", || hub.stored_bytes() == 0).await;
+    let bob_depth =
+        || hub.clients().into_iter().find(|c| c.name.as_str() == "bob").map(|c| c.inbox_depth);
+    assert_eq!(bob_depth(), Some(0));
 }

@@ -281,11 +281,12 @@ async fn acks_trim_and_report_receipts() {
 
 /// A barrier reports the failure of an append submitted before it: the hub
 /// submits a delivery's append without a completion and answers its sender
-/// on the barrier that follows.
+/// on the barrier that follows. The refused entry is reported removed: the
+/// hub counted it against the inbox and the store's limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_barrier_reports_a_refused_append_before_it() {
     let redis = Redis::start().await;
-    let (store, _) = open(&redis, "n1");
+    let (store, recorder) = open(&redis, "n1");
     set_claim(&redis, "bob", "n2").await;
     store.submit(append("bob", 1, record("fenced"))).unwrap();
     // A read ends the batch, so the barrier lands in a batch of its own (as
@@ -293,6 +294,105 @@ async fn a_barrier_reports_a_refused_append_before_it() {
     stats(&store, "bob").await;
     assert!(replay(&store, "bob").await.is_empty());
     assert!(!commit(&store, Op::Barrier).await, "the refused append was confirmed");
+    let size = record("fenced").size() as u64;
+    assert_eq!(recorder.removed(), [("bob".to_owned(), 1, size)]);
+}
+
+/// Makes the test's Redis refuse every write (`maxmemory` below what it
+/// uses, with the default `noeviction` policy: writes fail with `OOM`, as
+/// they do on a Redis out of memory), or accept them again.
+async fn refuse_writes(redis: &Redis, refuse: bool) {
+    let mut conn = plain(redis).await;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(if refuse { "1" } else { "0" })
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Appends a Redis refused, and appends submitted while it was unreachable,
+/// are reported removed: the hub counts every append against the inbox and
+/// the store's byte limit until the store reports it gone, so an outage
+/// would otherwise leave the node refusing deliveries ("the message store
+/// is full") until it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_redis_refused_or_never_saw_are_reported_removed() {
+    let mut redis = Redis::start().await;
+    let (store, recorder) = open(&redis, "n1");
+    set_claim(&redis, "bob", "n1").await;
+    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    let size = record("refused").size() as u64;
+
+    refuse_writes(&redis, true).await;
+    store.submit(append("bob", seq, record("refused"))).unwrap();
+    assert!(!commit(&store, Op::Barrier).await, "the refused append was confirmed");
+    assert_eq!(recorder.removed(), [("bob".to_owned(), 1, size)]);
+    refuse_writes(&redis, false).await;
+    assert!(replay(&store, "bob").await.is_empty());
+
+    redis.stop().await;
+    store.submit(append("bob", seq + 1, record("refused"))).unwrap();
+    assert!(!commit(&store, Op::Barrier).await, "the lost append was confirmed");
+    assert_eq!(recorder.removed(), [("bob".to_owned(), 1, size), ("bob".to_owned(), 1, size)]);
+}
+
+/// A failed ack loses nothing anyone waits for (the entries stay stored and
+/// the next ack deletes them): it fails no completion after it. It failed
+/// the next sender, whose message was stored: told `unavailable`, that
+/// sender retries, and the message is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ack_fails_no_sender_after_it() {
+    let mut redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    redis.stop().await;
+    store.submit(Op::Ack { name: "bob".into(), upto: 1 }).unwrap();
+    // A read ends the batch: the ack fails in a batch without completions.
+    assert!(within(store.load("bob")).await.is_err());
+
+    redis.spawn().await;
+    set_claim(&redis, "bob", "n1").await;
+    let seq = load_once_back(&store, "bob").await;
+    assert!(commit(&store, append("bob", seq, record("stored"))).await, "a stored append failed");
+    assert_eq!(replay(&store, "bob").await.len(), 1);
+}
+
+/// A seq lease Redis refused is written by the next pipeline, and no
+/// completion confirms before it is: a lost lease lets the node that takes
+/// the name over next number new deliveries at or below seqs the client has
+/// already acknowledged, and the client's resume then skips them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_redis_refused_is_written_by_the_next_pipeline() {
+    let redis = Redis::start().await;
+    let (store, _) = open(&redis, "n1");
+    set_claim(&redis, "bob", "n1").await;
+    let loaded = within(store.load("bob")).await.unwrap();
+    let upto = loaded.leased + LEASE_STEP;
+
+    refuse_writes(&redis, true).await;
+    store.submit(Op::Lease { name: "bob".into(), upto }).unwrap();
+    assert!(!commit(&store, Op::Barrier).await, "a refused lease was confirmed");
+    refuse_writes(&redis, false).await;
+    assert!(commit(&store, Op::Barrier).await);
+    let mut conn = plain(&redis).await;
+    let counter: u64 = redis::cmd("GET").arg("sb:seq:bob").query_async(&mut conn).await.unwrap();
+    assert_eq!(counter, upto, "the refused lease was never written");
+    let next = within(store.load("bob")).await.unwrap();
+    assert!(next.next_seq > upto, "{next:?} reuses seqs up to {upto}");
+}
+
+/// Loads `name` once the store has reconnected to a Redis that was down:
+/// its next seq.
+async fn load_once_back(store: &Store, name: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match within(store.load(name)).await {
+            Ok(loaded) => return loaded.next_seq,
+            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Operations fail while Redis is down and succeed again once it is back.
@@ -314,14 +414,7 @@ async fn a_restarted_redis_is_reconnected() {
     // Nothing was persisted: the claim and the counter start over.
     redis.spawn().await;
     set_claim(&redis, "bob", "n1").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let seq = loop {
-        match within(store.load("bob")).await {
-            Ok(loaded) => break loaded.next_seq,
-            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let seq = load_once_back(&store, "bob").await;
     let after = record("after");
     assert!(commit(&store, append("bob", seq, after.clone())).await);
     assert_eq!(replay(&store, "bob").await, [Entry { seq, record: after }]);
