@@ -28,6 +28,7 @@ mod inbox;
 mod liveness;
 mod message;
 mod outbox;
+mod prefetch;
 pub mod rate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -909,18 +910,7 @@ impl Hub {
     /// Returns how many clients it was queued for.
     pub fn broadcast(&self, text: String) -> usize {
         let message = Arc::new(Message::new(Body::Server { text, broadcast: true }));
-        let record = self.kept_record(&message);
-        let state = self.state();
-        let delivered = state
-            .clients
-            .values()
-            .filter(|slot| {
-                let inbox = &slot.client.inbox;
-                self.deliver_kept_as(inbox, &message, &record, Origin::OPERATOR).is_ok()
-            })
-            .count();
-        drop(state);
-        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+        let delivered = self.deliver_to_everyone(&message);
         // --- cluster (issue 8): once to the bus; each node delivers to its own.
         let remote = self.bus().publish_all(&message).unwrap_or_else(|error| {
             tracing::warn!(%error, "broadcast reached this node's clients only");
@@ -1175,15 +1165,11 @@ impl Hub {
             return Err(RouteError::NoSuchRoom(room_name.to_string()));
         };
         let sender_name = sender.map(|s| &s.name);
+        let members = entry.members.iter().filter(|(name, _)| echo || Some(*name) != sender_name);
         let mut delivered = 0;
-        for (name, member) in &entry.members {
-            if !echo && Some(name) == sender_name {
-                continue;
-            }
-            if member.deliver(&message).is_ok() {
-                delivered += 1;
-            }
-        }
+        prefetch::for_each_client(members.map(|(_, member)| member), |member| {
+            delivered += usize::from(member.deliver(&message).is_ok());
+        });
         drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
         // --- cluster (issue 8): once to the bus; each node delivers to its members.
@@ -1473,19 +1459,23 @@ impl Hub {
 
     /// Delivers a broadcast from another node to every local client.
     pub fn broadcast_from_cluster(&self, body: Body) {
-        let message = Arc::new(Message::new(body));
-        let record = self.kept_record(&message);
+        self.deliver_to_everyone(&Arc::new(Message::new(body)));
+    }
+
+    /// Delivers an operator's broadcast to every local client, kept like
+    /// any operator message (one stored record for all of them). Returns
+    /// how many took it.
+    fn deliver_to_everyone(&self, message: &Arc<Message>) -> usize {
+        let record = self.kept_record(message);
         let state = self.state();
-        let delivered = state
-            .clients
-            .values()
-            .filter(|slot| {
-                let inbox = &slot.client.inbox;
-                self.deliver_kept_as(inbox, &message, &record, Origin::OPERATOR).is_ok()
-            })
-            .count();
+        let mut delivered = 0;
+        prefetch::for_each_client(state.clients.values().map(|slot| &slot.client), |client| {
+            let kept = self.deliver_kept_as(&client.inbox, message, &record, Origin::OPERATOR);
+            delivered += usize::from(kept.is_ok());
+        });
         drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
+        delivered
     }
 
     /// Delivers a room publish from another node to the room's local members.
@@ -1496,7 +1486,10 @@ impl Hub {
             return;
         }
         let message = Arc::new(Message::new(body));
-        let delivered = entry.members.values().filter(|m| m.deliver(&message).is_ok()).count();
+        let mut delivered = 0;
+        prefetch::for_each_client(entry.members.values(), |member| {
+            delivered += usize::from(member.deliver(&message).is_ok());
+        });
         drop(state);
         self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
     }

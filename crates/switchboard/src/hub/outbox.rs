@@ -190,6 +190,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Where the queue's shared state lives, to prefetch it.
+    pub(super) fn shared_ptr(&self) -> *const u8 {
+        Arc::as_ptr(&self.shared).cast()
+    }
+
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)
