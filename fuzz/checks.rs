@@ -28,9 +28,17 @@ fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
 }
 
 /// Protocol v1 envelopes: a request that parses serialises to one that
-/// parses back equal; a refusal always carries a message.
+/// parses back equal; a refusal always carries a message; the one-pass
+/// parse of a `dm` (issue 6) accepts exactly what serde's derived parser
+/// accepts, as the same request.
 pub fn v1_request(data: &[u8]) {
     let text = text(data);
+    let general = serde_json::from_str::<v1::Request>(&text).ok();
+    assert_eq!(
+        v1::parse_request(&text).ok(),
+        general,
+        "parse_request and serde's parser disagree on {text:?}"
+    );
     match v1::parse_request(&text) {
         Ok(request) => {
             let json = serde_json::to_string(&request).expect("a parsed request serialises");
