@@ -170,11 +170,14 @@ impl Default for Config {
     }
 }
 
-/// Why the configuration could not be loaded.
+/// Why the configuration could not be loaded. The cause of a file that
+/// cannot be read or parsed is its `source()`, not part of its message:
+/// printed as a chain (`{:#}` with anyhow, as the binary does), it appears
+/// once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: String,
@@ -182,7 +185,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// The file.
         path: String,

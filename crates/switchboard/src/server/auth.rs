@@ -38,7 +38,7 @@ pub enum AccessError {
         addr: SocketAddr,
     },
     /// The public key file cannot be read.
-    #[error("auth: cannot read public key {path}: {source}")]
+    #[error("auth: cannot read public key {path}")]
     ReadKey {
         /// The file.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum AccessError {
         source: std::io::Error,
     },
     /// The key is not a PEM key of the configured kind.
-    #[error("auth: invalid {algorithm:?} key {what}: {source}")]
+    #[error("auth: invalid {algorithm:?} key {what}")]
     BadKey {
         /// The configured algorithm.
         algorithm: JwtAlgorithm,

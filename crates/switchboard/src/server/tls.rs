@@ -44,7 +44,7 @@ pub enum TlsError {
         reason: String,
     },
     /// rustls refused the pair (e.g. the key does not match the certificate).
-    #[error("invalid TLS certificate or key: {0}")]
+    #[error("invalid TLS certificate or key")]
     Rustls(#[from] rustls::Error),
 }
 

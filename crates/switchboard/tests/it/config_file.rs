@@ -37,14 +37,26 @@ async fn a_bad_config_file_is_refused_with_one_line() {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("bad.toml");
     std::fs::write(&path, "max_message_bytes = \"lots\"\n").expect("write");
-    let cases: [&[&str]; 3] = [
-        &["serve", "--config", path.to_str().expect("path")],
-        &["serve", "--config", "/nonexistent/switchboard.toml"],
-        &["serve", "--listen", "127.0.0.1:0", "--ping-interval-secs", "0"],
+    let auth = |name: &str, key: &str| {
+        let path = dir.join(name);
+        let table = format!("[auth]\nalgorithm = \"RS256\"\npublic_key = {key:?}\n");
+        std::fs::write(&path, table).expect("write");
+        path.to_str().expect("path").to_owned()
+    };
+    let missing_key = auth("missing-key.toml", "/nonexistent/key.pem");
+    let bad_key = auth("bad-key.toml", path.to_str().expect("path"));
+    let local = ["serve", "--listen", "127.0.0.1:0", "--ephemeral", "--config"];
+    // Each with a phrase of its cause, which the line says once.
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["serve", "--config", path.to_str().expect("path")], "invalid type"),
+        (vec!["serve", "--config", "/nonexistent/switchboard.toml"], "No such file"),
+        (vec!["serve", "--listen", "127.0.0.1:0", "--ping-interval-secs", "0"], "greater than 0"),
+        ([&local[..], &[&*missing_key]].concat(), "No such file"),
+        ([&local[..], &[&*bad_key]].concat(), "InvalidKeyFormat"),
     ];
-    for args in cases {
+    for (args, cause) in cases {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(args)
+            .args(&args)
             .output()
             .await
             .expect("run");
@@ -53,6 +65,7 @@ async fn a_bad_config_file_is_refused_with_one_line() {
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
         assert!(lines[0].starts_with("switchboard: "), "{stderr}");
+        assert_eq!(lines[0].matches(cause).count(), 1, "{args:?}: {stderr}");
     }
 }
 

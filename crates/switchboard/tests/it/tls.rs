@@ -412,6 +412,16 @@ async fn bad_tls_settings_stop_the_server_with_a_reason() {
         .await
         .expect_err("a mismatched key is fatal");
     assert!(error.to_string().contains("TLS"), "{error}");
+    // rustls's reason is the error's cause, said once when the chain is
+    // printed (as the binary prints it).
+    let cause = std::error::Error::source(&error).expect("rustls's reason").to_string();
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(next) = source {
+        chain = format!("{chain}: {next}");
+        source = next.source();
+    }
+    assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
 
     // One without the other, and through the binary: a one-line reason, exit 1.
     let half = Config { tls_key: None, ..pki.config() };
