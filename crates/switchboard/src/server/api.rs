@@ -85,6 +85,9 @@ impl From<RouteError> for ApiError {
     }
 }
 
+/// Where the server nests [`routes`].
+pub(crate) const PREFIX: &str = "/api";
+
 /// The `/api` routes, with the auth guard.
 pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
     Router::new()
@@ -99,6 +102,52 @@ pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
         .route("/rooms/{room}/messages", post(publish_to_room))
         .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(ctx, require_operator))
+        // Explicit: a nested router's default fallback is the outer one's.
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(middleware::from_fn(errors_as_json))
+}
+
+/// Most bytes of an error body that [`errors_as_json`] reads: axum's own
+/// rejections are one line.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Every error the API answers is JSON `{"error": ...}` with a one-line
+/// message, like [`ApiError`]'s: also axum's own answers, which come as
+/// plain text (a body that is not UTF-8 or over the size limit, a path
+/// segment that is not UTF-8) or empty (a route or a method that does not
+/// exist). A client then reads every failure the same way.
+async fn errors_as_json(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    // The router is nested: its requests' paths come without the prefix.
+    let path = format!("{PREFIX}{}", request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_BODY).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let error = match status {
+        _ if !text.is_empty() => text,
+        StatusCode::NOT_FOUND => format!("no API route {method} {path}"),
+        // axum adds the `Allow` header after this layer has run.
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{method} is not allowed on {path} (the Allow header lists what is)")
+        }
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let body = serde_json::json!({ "error": error }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// The operator's guard, for `/api` and `/metrics`: the admin token when

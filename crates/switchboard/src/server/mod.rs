@@ -229,7 +229,7 @@ fn router(ctx: Arc<Context>) -> Router {
                 api::require_operator,
             )),
         )
-        .nest("/api", api::routes(ctx.clone()))
+        .nest(api::PREFIX, api::routes(ctx.clone()))
         .merge(web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(ctx.config.max_message_bytes))
         // --- TLS and conformance (issue 5): the echo endpoint, only when configured.

@@ -216,3 +216,36 @@ async fn metrics_are_served_with_the_stores_gauges() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Every error the API answers is JSON `{"error": ...}` with a status and a
+/// one-line message, axum's own included: a route or method that does not
+/// exist (plain 404 and 405 before, with empty bodies), a body that is not
+/// UTF-8 or over the size limit, a path segment that is not valid UTF-8
+/// (plain text before).
+#[tokio::test]
+async fn every_api_error_is_json_with_a_message() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let too_big = vec![b'a'; Config::default().max_message_bytes + 1];
+    let cases = [
+        (http.get(server.http("/api/nothing")), 404, "no API route GET /api/nothing"),
+        (http.get(server.http("/api/broadcast")), 405, "GET is not allowed on /api/broadcast"),
+        (http.delete(server.http("/api/rooms")), 405, "DELETE is not allowed on /api/rooms"),
+        (http.post(server.http("/api/broadcast")).body(vec![0xff, 0xfe]), 400, "UTF-8"),
+        (http.post(server.http("/api/broadcast")).body(too_big), 413, "length limit"),
+        (http.get(server.http("/api/clients/%FF")), 400, "UTF-8"),
+    ];
+    for (request, status, phrase) in cases {
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), status, "{phrase}");
+        let kind = response.headers().get("content-type").cloned();
+        assert_eq!(kind.as_ref().and_then(|v| v.to_str().ok()), Some("application/json"));
+        let allow = response.headers().get("allow").cloned();
+        let body: Value = response.json().await.expect("a JSON body");
+        let error = body["error"].as_str().unwrap_or_else(|| panic!("no error in {body}"));
+        assert!(error.contains(phrase) && !error.contains('\n'), "{status}: {error}");
+        if status == 405 {
+            assert!(allow.is_some_and(|allow| !allow.is_empty()), "no Allow header");
+        }
+    }
+}
