@@ -60,6 +60,15 @@ fn open(redis: &Redis, node_id: &str) -> (Store, Arc<Recorder>) {
     (store, recorder)
 }
 
+/// A store as node n1 holding bob's claim, as after bob's handshake there,
+/// with bob's next seq.
+async fn open_holding_bob(redis: &Redis) -> (Store, Arc<Recorder>, u64) {
+    let (store, recorder) = open(redis, "n1");
+    set_claim(redis, "bob", "n1").await;
+    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    (store, recorder, seq)
+}
+
 /// Awaits `future`, failing the test after [`WAIT`].
 async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future).await.expect("the store did not answer in time")
@@ -163,9 +172,7 @@ async fn load_leases_blocks_above_every_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_fenced_by_the_claim() {
     let redis = Redis::start().await;
-    let (store, _) = open(&redis, "n1");
-    set_claim(&redis, "bob", "n1").await;
-    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    let (store, _, seq) = open_holding_bob(&redis).await;
     let mut binary = record("");
     binary.kind = RecordKind::Binary;
     binary.payload = Some(Bytes::from_static(b"\x00\x01\xff"));
@@ -251,9 +258,7 @@ async fn route_refuses_with_full_at_the_inbox_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_trim_and_report_receipts() {
     let redis = Redis::start().await;
-    let (store, recorder) = open(&redis, "n1");
-    set_claim(&redis, "bob", "n1").await;
-    let first = within(store.load("bob")).await.unwrap().next_seq;
+    let (store, recorder, first) = open_holding_bob(&redis).await;
     for (i, receipt) in [true, false, true].into_iter().enumerate() {
         let op = Op::Append {
             name: "bob".into(),
@@ -320,9 +325,7 @@ async fn refuse_writes(redis: &Redis, refuse: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_redis_refused_or_never_saw_are_reported_removed() {
     let mut redis = Redis::start().await;
-    let (store, recorder) = open(&redis, "n1");
-    set_claim(&redis, "bob", "n1").await;
-    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    let (store, recorder, seq) = open_holding_bob(&redis).await;
     let size = record("refused").size() as u64;
 
     refuse_writes(&redis, true).await;
@@ -399,9 +402,7 @@ async fn load_once_back(store: &Store, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_redis_is_reconnected() {
     let mut redis = Redis::start().await;
-    let (store, _) = open(&redis, "n1");
-    set_claim(&redis, "bob", "n1").await;
-    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    let (store, _, seq) = open_holding_bob(&redis).await;
     assert!(commit(&store, append("bob", seq, record("before"))).await);
 
     redis.stop().await;
@@ -426,9 +427,7 @@ async fn a_restarted_redis_is_reconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_over_an_unreadable_entry_fails_instead_of_skipping_it() {
     let redis = Redis::start().await;
-    let (store, _) = open(&redis, "n1");
-    set_claim(&redis, "bob", "n1").await;
-    let seq = within(store.load("bob")).await.unwrap().next_seq;
+    let (store, _, seq) = open_holding_bob(&redis).await;
     assert!(commit(&store, append("bob", seq, record("good"))).await);
     let mut conn = plain(&redis).await;
     redis::cmd("XADD")
