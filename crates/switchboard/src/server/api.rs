@@ -138,7 +138,9 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => format!("no API route {method} {path}"),
         // axum adds the `Allow` header after this layer has run.
         StatusCode::METHOD_NOT_ALLOWED => {
-            format!("{method} is not allowed on {path} (the Allow header lists what is)")
+            format!(
+                "{method} is not allowed on {path}; the Allow header lists the methods it takes"
+            )
         }
         _ => status.canonical_reason().unwrap_or("error").to_owned(),
     };
