@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -103,8 +103,22 @@ pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
         .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(ctx, require_operator))
         // Explicit: a nested router's default fallback is the outer one's.
-        .fallback(|| async { StatusCode::NOT_FOUND })
+        .fallback(|method: Method, uri: Uri| async move { no_route(&method, &full_path(&uri)) })
         .layer(middleware::from_fn(errors_as_json))
+}
+
+/// A request's path as the client sent it: the nested router sees it
+/// without [`PREFIX`].
+fn full_path(nested: &Uri) -> String {
+    match nested.path() {
+        "/" => PREFIX.to_owned(),
+        path => format!("{PREFIX}{path}"),
+    }
+}
+
+/// The answer to a path under [`PREFIX`] that no route takes.
+pub(crate) fn no_route(method: &Method, path: &str) -> ApiError {
+    ApiError::NotFound(format!("no API route {method} {path}"))
 }
 
 /// Most bytes of an error body that [`errors_as_json`] reads: axum's own
@@ -118,8 +132,7 @@ const MAX_ERROR_BODY: usize = 4096;
 /// exist). A client then reads every failure the same way.
 async fn errors_as_json(request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    // The router is nested: its requests' paths come without the prefix.
-    let path = format!("{PREFIX}{}", request.uri().path());
+    let path = full_path(request.uri());
     let response = next.run(request).await;
     let status = response.status();
     let json = response
@@ -135,7 +148,7 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let error = match status {
         _ if !text.is_empty() => text,
-        StatusCode::NOT_FOUND => format!("no API route {method} {path}"),
+        StatusCode::NOT_FOUND => no_route(&method, &path).to_string(),
         // axum adds the `Allow` header after this layer has run.
         StatusCode::METHOD_NOT_ALLOWED => {
             format!(

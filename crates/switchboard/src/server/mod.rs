@@ -231,6 +231,7 @@ fn router(ctx: Arc<Context>) -> Router {
         )
         .nest(api::PREFIX, api::routes(ctx.clone()))
         .merge(web::routes())
+        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(ctx.config.max_message_bytes))
         // --- TLS and conformance (issue 5): the echo endpoint, only when configured.
         .layer(tower::util::option_layer(
@@ -259,6 +260,17 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
 }
 
 /// `GET /`: a WebSocket upgrade, or the browser page.
+/// A path nothing serves: a one-line answer, in JSON for what looks like
+/// an API call (`/api/` itself ends up here, not in the nested router).
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    use axum::response::IntoResponse;
+    let path = uri.path();
+    if path.strip_prefix(api::PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
+        return api::no_route(&method, path).into_response();
+    }
+    (axum::http::StatusCode::NOT_FOUND, format!("nothing is served at {path}\n")).into_response()
+}
+
 async fn root(
     State(ctx): State<Arc<Context>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -229,6 +229,7 @@ async fn every_api_error_is_json_with_a_message() {
     let too_big = vec![b'a'; Config::default().max_message_bytes + 1];
     let cases = [
         (http.get(server.http("/api/nothing")), 404, "no API route GET /api/nothing"),
+        (http.get(server.http("/api/")), 404, "no API route GET /api/"),
         (http.get(server.http("/api/broadcast")), 405, "GET is not allowed on /api/broadcast"),
         (http.delete(server.http("/api/rooms")), 405, "DELETE is not allowed on /api/rooms"),
         (http.post(server.http("/api/broadcast")).body(vec![0xff, 0xfe]), 400, "UTF-8"),
@@ -248,4 +249,8 @@ async fn every_api_error_is_json_with_a_message() {
             assert!(allow.is_some_and(|allow| !allow.is_empty()), "no Allow header");
         }
     }
+    // Outside the API, a path nothing serves is answered in a line of text.
+    let response = http.get(server.http("/nothing")).send().await.expect("get");
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.text().await.expect("body"), "nothing is served at /nothing\n");
 }
