@@ -99,6 +99,34 @@ fn rooms_are_created_on_join_and_vanish_when_empty() {
     );
 }
 
+/// Past the prefetch distance (`prefetch.rs`), each member still gets a
+/// room publish once, in the order published, and the sender none.
+#[test]
+fn a_publish_reaches_each_other_member_of_a_large_room_once() {
+    let hub = Hub::new(HubLimits::default());
+    let mut members: Vec<_> = (0..20).map(|i| join(&hub, &format!("m{i}"))).collect();
+    for (registration, _) in &members {
+        hub.join(registration.client(), "big", None).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let sender = members[7].0.client().clone();
+    for text in ["one", "two"] {
+        let published = hub.publish(&sender, "big", text.into(), false, SendMeta::default());
+        assert_eq!(published, Ok(19));
+    }
+    for (i, (_, rx)) in members.iter_mut().enumerate() {
+        let bodies: Vec<String> = std::iter::from_fn(|| next_body(rx))
+            .filter(|body| body.contains(r#""type":"room""#))
+            .collect();
+        match i {
+            7 => assert!(bodies.is_empty(), "the sender got {bodies:?}"),
+            _ => {
+                assert_eq!(bodies.len(), 2, "member {i} got {bodies:?}");
+                assert!(bodies[0].contains("one") && bodies[1].contains("two"), "{bodies:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn presence_is_opt_in() {
     let hub = Hub::new(HubLimits::default());
