@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -102,21 +102,11 @@ pub(crate) fn routes(ctx: Arc<Context>) -> Router<Arc<Context>> {
         .route("/rooms/{room}/messages", post(publish_to_room))
         .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(ctx, require_operator))
-        // Explicit: a nested router's default fallback is the outer one's.
-        .fallback(|method: Method, uri: Uri| async move { no_route(&method, &full_path(&uri)) })
         .layer(middleware::from_fn(errors_as_json))
 }
 
-/// A request's path as the client sent it: the nested router sees it
-/// without [`PREFIX`].
-fn full_path(nested: &Uri) -> String {
-    match nested.path() {
-        "/" => PREFIX.to_owned(),
-        path => format!("{PREFIX}{path}"),
-    }
-}
-
-/// The answer to a path under [`PREFIX`] that no route takes.
+/// The answer to a path under [`PREFIX`] that no route takes (the server's
+/// fallback gives it: a nested router without one of its own defers there).
 pub(crate) fn no_route(method: &Method, path: &str) -> ApiError {
     ApiError::NotFound(format!("no API route {method} {path}"))
 }
@@ -128,11 +118,13 @@ const MAX_ERROR_BODY: usize = 4096;
 /// Every error the API answers is JSON `{"error": ...}` with a one-line
 /// message, like [`ApiError`]'s: also axum's own answers, which come as
 /// plain text (a body that is not UTF-8 or over the size limit, a path
-/// segment that is not UTF-8) or empty (a route or a method that does not
-/// exist). A client then reads every failure the same way.
+/// segment that is not UTF-8) or empty (a method the route does not take;
+/// a path no route takes is the server's fallback's, [`no_route`]). A
+/// client then reads every failure the same way.
 async fn errors_as_json(request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let path = full_path(request.uri());
+    // The router is nested: its requests' paths come without the prefix.
+    let path = format!("{PREFIX}{}", request.uri().path());
     let response = next.run(request).await;
     let status = response.status();
     let json = response
@@ -148,7 +140,6 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let error = match status {
         _ if !text.is_empty() => text,
-        StatusCode::NOT_FOUND => no_route(&method, &path).to_string(),
         // axum adds the `Allow` header after this layer has run.
         StatusCode::METHOD_NOT_ALLOWED => {
             format!(

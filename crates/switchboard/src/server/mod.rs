@@ -261,7 +261,8 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
 
 /// `GET /`: a WebSocket upgrade, or the browser page.
 /// A path nothing serves: a one-line answer, in JSON for what looks like
-/// an API call (`/api/` itself ends up here, not in the nested router).
+/// an API call (the `/api` router has no fallback of its own, so its
+/// unknown paths end up here too).
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
     use axum::response::IntoResponse;
     let path = uri.path();

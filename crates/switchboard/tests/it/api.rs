@@ -230,6 +230,7 @@ async fn every_api_error_is_json_with_a_message() {
     let cases = [
         (http.get(server.http("/api/nothing")), 404, "no API route GET /api/nothing"),
         (http.get(server.http("/api/")), 404, "no API route GET /api/"),
+        (http.get(server.http("/api")), 404, "no API route GET /api"),
         (http.get(server.http("/api/broadcast")), 405, "GET is not allowed on /api/broadcast"),
         (http.delete(server.http("/api/rooms")), 405, "DELETE is not allowed on /api/rooms"),
         (http.post(server.http("/api/broadcast")).body(vec![0xff, 0xfe]), 400, "UTF-8"),
