@@ -742,7 +742,7 @@ impl Worker {
                         tracing::warn!(%name, seq, reply = ?value,
                             "store: append refused (this node no longer holds the name, \
                              or Redis refused the entry)");
-                        kept &= !self.lose(Expect::Append { name, seq, size }, "");
+                        kept &= !self.lose(Expect::Append { name, seq, size }, "append refused");
                     }
                 }
                 Expect::Ack { name } => {
