@@ -38,10 +38,16 @@ pub enum Inbound {
 #[derive(Deserialize)]
 struct DirectShape<'a> {
     #[serde(borrow)]
-    dst: Option<Cow<'a, str>>,
+    dst: Option<Borrowed<'a>>,
     #[serde(default, borrow)]
     msg: Option<&'a RawValue>,
 }
+
+/// A string borrowed from the frame unless it has escapes. serde borrows a
+/// `Cow<str>` only when it is the field's whole type: an `Option<Cow<str>>`
+/// is always copied, an allocation per classic DM (issue 6).
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// A classic private message as parsed by [`parse_direct`]: borrowed from the
 /// frame where possible, with `msg` also kept as the JSON text the client
@@ -63,9 +69,13 @@ pub struct RawDirect<'a> {
 /// Same classification as [`parse`].
 ///
 /// ```
+/// use std::borrow::Cow;
 /// use switchboard_protocol::classic::parse_direct;
 /// let dm = parse_direct(r#"{"dst":"bob","msg":"a \"b\""}"#).unwrap();
 /// assert_eq!((&*dm.dst, &*dm.msg, &*dm.msg_json), ("bob", "a \"b\"", r#""a \"b\"""#));
+/// // Nothing copied but what needed unescaping.
+/// assert!(matches!((&dm.dst, &dm.msg_json), (Cow::Borrowed(_), Cow::Borrowed(_))));
+/// assert!(matches!(parse_direct(r#"{"dst":"b\u006fb"}"#).unwrap().dst, Cow::Owned(_)));
 /// assert!(parse_direct("hello server").is_none());
 /// ```
 pub fn parse_direct(text: &str) -> Option<RawDirect<'_>> {
@@ -74,7 +84,7 @@ pub fn parse_direct(text: &str) -> Option<RawDirect<'_>> {
         return None;
     }
     let DirectShape { dst, msg } = serde_json::from_str::<DirectShape<'_>>(text).ok()?;
-    let dst = dst?;
+    let Borrowed(dst) = dst?;
     let (msg, msg_json) = match msg.map(RawValue::get) {
         None | Some("null") => (Cow::Borrowed(""), Cow::Borrowed("\"\"")),
         Some(raw) if raw.starts_with('"') => {
