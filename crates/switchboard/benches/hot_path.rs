@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks for the hot path (issue 6): classic JSON
-//! routing, v1 envelope encode/decode, and a registry lookup plus outbox push
-//! through [`Hub::send_direct`]. Run with `cargo bench --workspace`; CI only
+//! routing, v1 envelope encode/decode, a registry lookup plus outbox push
+//! through [`Hub::send_direct`], and the hub's side of a broadcast to 1,000
+//! clients with the cache cold (without and with the durable store). Run with `cargo bench --workspace`; CI only
 //! checks that they compile (`cargo bench --no-run`). docs/performance.md
 //! has the end-to-end figures from `scripts/bench.sh`.
 
