@@ -9,8 +9,9 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_main, Criterion, Throughput};
+use switchboard::config::Config;
 use switchboard::hub::{Body, Hub, HubLimits, Message, Outgoing, Protocol, SendMeta};
-use switchboard::store::{Store, StoreConfig, SyncPolicy};
+use switchboard::store::Store;
 use switchboard_protocol::{classic, v1};
 
 /// A classic DM as the load generator sends it: ~100 bytes.
@@ -162,20 +163,14 @@ fn broadcast_cold(
     });
 }
 
-/// A hub on a fresh SQLite store in `dir`, as `serve` runs by default.
+/// A hub on a fresh SQLite store in `dir`, configured as `serve` opens it
+/// by default.
 fn durable_hub(dir: &std::path::Path) -> (Hub, Store) {
-    let hub = Hub::new(HubLimits::default());
-    let config = StoreConfig {
-        data_dir: dir.join("data"),
-        sync: SyncPolicy::Off,
-        max_batch: 1024,
-        queue_limit_bytes: 64 << 20,
-        max_age: std::time::Duration::from_secs(3600),
-        dedup_window: std::time::Duration::from_secs(600),
-        room_history: 3,
-    };
+    let config = Config { data_dir: dir.join("data"), ..Config::default() };
+    let hub = Hub::new(config.hub_limits());
+    let store_config = config.store_config().unwrap_or_else(|| unreachable!("durable by default"));
     let (store, snapshot) =
-        Store::open(config, hub.store_listener()).unwrap_or_else(|e| panic!("{e}"));
+        Store::open(store_config, hub.store_listener()).unwrap_or_else(|e| panic!("{e}"));
     assert!(hub.attach_store(store.clone(), snapshot));
     (hub, store)
 }
