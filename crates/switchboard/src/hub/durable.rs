@@ -81,6 +81,10 @@ pub struct SendMeta {
     /// Runs once the message is durable (at once when nothing is stored).
     /// Not run when the send fails: the caller reports that error itself.
     pub on_commit: Option<OnCommit>,
+    /// The message's time ([`Message::ts`]) when the caller has read the
+    /// clock already (a session reads it once per run of frames, issue 6);
+    /// `None`: now.
+    pub ts: Option<u64>,
 }
 
 impl std::fmt::Debug for SendMeta {
@@ -89,6 +93,7 @@ impl std::fmt::Debug for SendMeta {
             .field("id", &self.id)
             .field("receipt", &self.receipt)
             .field("on_commit", &self.on_commit.is_some())
+            .field("ts", &self.ts)
             .finish()
     }
 }
@@ -107,6 +112,9 @@ pub(crate) struct Origin<'a> {
     /// A v1 send with an id whose answer may be held with the delivery
     /// (issue 6): where the inbox that holds it says so.
     pub(crate) held: Option<&'a HeldAt>,
+    /// The message's time, when the sender's session has read the clock
+    /// ([`SendMeta::ts`]).
+    pub(crate) ts: Option<u64>,
 }
 
 /// The inbox and seq of a delivery held with its sender's answer to come
@@ -116,7 +124,7 @@ pub(crate) type HeldAt = RefCell<Option<(Arc<Inbox>, u64)>>;
 impl Origin<'_> {
     /// The operator: no id, no receipt.
     pub(crate) const OPERATOR: Origin<'static> =
-        Origin { id: None, receipt: false, reply: None, confirm: false, held: None };
+        Origin { id: None, receipt: false, reply: None, confirm: false, held: None, ts: None };
 }
 
 /// One name's inbox, for the operator API.
@@ -473,7 +481,7 @@ impl Hub {
             // Remembered before routing: an outcome known later (and a
             // failure that forgets the id) always comes after this.
             let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
-            inbox.recent.insert(id, now_ms(), window_ms);
+            inbox.recent.insert(id, meta.ts.unwrap_or_else(now_ms), window_ms);
         }
         let held = HeldAt::default();
         let origin = Origin {
@@ -482,6 +490,7 @@ impl Hub {
             reply: None,
             confirm: meta.id.is_some(),
             held: Some(&held),
+            ts: meta.ts,
         };
         let mut answer = match (meta.on_commit.take(), &meta.id) {
             // An id whose send failed later (a cluster route, a commit) is
@@ -692,6 +701,7 @@ impl Hub {
             reply: reply.as_ref().map(|(node, token)| (node.as_str(), *token)),
             confirm: reply.is_some(),
             held: None,
+            ts: None,
         };
         match self.route_one(to, |_| body, None, origin, &mut answer) {
             Ok(accepted) => {

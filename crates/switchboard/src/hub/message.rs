@@ -116,13 +116,13 @@ impl Message {
         }
     }
 
-    /// As [`Message::new`], with the classic frame already encoded by the
+    /// As [`Message::at`], with the classic frame already encoded by the
     /// caller (a classic sender's DM, spliced from its own JSON by
     /// `classic::encode_direct_raw`), so the recipient's writer does not
     /// encode it again. `classic` must be what [`Message::classic_text`]
     /// would produce for `body`, up to JSON string escaping.
-    pub fn with_classic(body: Body, classic: Option<String>) -> Message {
-        let mut message = Message::new(body);
+    pub fn with_classic(ts: u64, body: Body, classic: Option<String>) -> Message {
+        let mut message = Message::at(ts, body);
         if let Some(text) = classic {
             // Built set (issue 6): setting a cell after costs two atomic
             // writes, ~2% of a classic DM's CPU.

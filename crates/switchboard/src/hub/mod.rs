@@ -805,13 +805,15 @@ impl Hub {
         origin: Origin<'_>,
         answer: &mut Option<OnCommit>,
     ) -> Result<Accepted, RouteError> {
+        let ts = || origin.ts.unwrap_or_else(now_ms);
         if self.shares_inboxes() {
             // Cluster mode with shared inboxes: this node numbers and stores
             // for the names it holds; Redis routes the rest.
             let Some(inbox) = self.inbox_of(to) else {
                 return self.route_shared(to, body, origin, answer);
             };
-            let message = Arc::new(Message::with_classic(body(inbox.name().clone()), classic));
+            let message =
+                Arc::new(Message::with_classic(ts(), body(inbox.name().clone()), classic));
             let accepted = self.deliver_kept(&inbox, &message, origin)?;
             self.shared.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(accepted);
@@ -822,7 +824,7 @@ impl Hub {
         };
         // --- cluster (issue 8): a name known here may be online on another node.
         if self.bus().is_clustered() && inbox.lock().live.is_none() {
-            let message = Message::new(body(inbox.name().clone()));
+            let message = Message::at(ts(), body(inbox.name().clone()));
             return match self.bus().send_direct(to, &message) {
                 Ok(()) => {
                     self.shared.routed.fetch_add(1, Ordering::Relaxed);
@@ -835,7 +837,7 @@ impl Hub {
                 Err(other) => Err(other),
             };
         }
-        let message = Arc::new(Message::with_classic(body(inbox.name().clone()), classic));
+        let message = Arc::new(Message::with_classic(ts(), body(inbox.name().clone()), classic));
         let accepted = self.deliver_kept(&inbox, &message, origin)?;
         self.shared.routed.fetch_add(1, Ordering::Relaxed);
         Ok(accepted)

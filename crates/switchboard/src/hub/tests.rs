@@ -330,12 +330,12 @@ fn a_writer_with_the_last_reference_gets_the_frames_the_cache_would_give() {
     let v1 = reference.v1_text(42);
     for preset in [None, classic.clone()] {
         // The only reference: taken out, or encoded without filling the cache.
-        let only = Arc::new(Message::with_classic(body(), preset.clone()));
+        let only = Arc::new(Message::with_classic(now_ms(), body(), preset.clone()));
         assert_eq!(only.into_classic_frame().map(|f| f.as_str().to_owned()), classic);
         let only = Arc::new(Message::at(7, body()));
         assert_eq!(only.into_v1_text(42), v1);
         // Shared: the cached frame, still there for the other reference.
-        let shared = Arc::new(Message::with_classic(body(), preset));
+        let shared = Arc::new(Message::with_classic(now_ms(), body(), preset));
         let other = Arc::clone(&shared);
         assert_eq!(shared.into_classic_frame().map(|f| f.as_str().to_owned()), classic);
         assert_eq!(other.classic_text().map(str::to_owned), classic);

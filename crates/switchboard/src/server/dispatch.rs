@@ -12,8 +12,9 @@ use switchboard_protocol::{binary, classic};
 
 use crate::hub::{Accepted, Client, Hub, OnCommit, Outgoing, RouteError, SendMeta};
 
-/// Handles one text frame from a classic client.
-pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
+/// Handles one text frame from a classic client, read at `ts` (ms since the
+/// Unix epoch: the time its message is stamped with).
+pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
     match classic::parse_direct(text) {
         Some(dm) => {
             // The recipient's frame, spliced from the sender's own JSON
@@ -31,9 +32,9 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
                         let _ = outbox.push(Outgoing::Text(classic_notice(&error)));
                     }
                 });
-                SendMeta { on_commit: Some(late), ..SendMeta::default() }
+                SendMeta { on_commit: Some(late), ts: Some(ts), ..SendMeta::default() }
             } else {
-                SendMeta::default()
+                SendMeta { ts: Some(ts), ..SendMeta::default() }
             };
             let sent = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), meta);
             if let Err(error) = sent {
@@ -44,8 +45,8 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str) {
     }
 }
 
-/// Handles one text frame from a v1 client.
-pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str) {
+/// Handles one text frame from a v1 client, read at `ts`.
+pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
     let request = match v1::parse_request(text) {
         Ok(request) => request,
         Err(error) => {
@@ -57,14 +58,14 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str) {
     let outcome: Result<Option<Reply>, RouteError> = match request {
         // Durable sends are acknowledged by `on_commit`, after the store commit.
         Request::Dm { to, text, receipt, .. } => {
-            let meta = send_meta(client, id.as_deref(), receipt, true);
+            let meta = send_meta(client, id.as_deref(), receipt, true, ts);
             if let Err(error) = hub.send_direct(client, &to, text, meta) {
                 reply(client, Reply::error(id.as_deref(), error_code(&error), error.to_string()));
             }
             return;
         }
         Request::Publish { room, text, echo, .. } => {
-            let meta = send_meta(client, id.as_deref(), false, false);
+            let meta = send_meta(client, id.as_deref(), false, false, ts);
             if let Err(error) = hub.publish(client, &room, text, echo, meta) {
                 reply(client, Reply::error(id.as_deref(), error_code(&error), error.to_string()));
             }
@@ -110,8 +111,8 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str) {
     answer(client, id.as_deref(), outcome);
 }
 
-/// Handles one binary frame from a v1 client.
-pub(crate) fn v1_binary(hub: &Hub, client: &Client, frame: &Bytes) {
+/// Handles one binary frame from a v1 client, read at `ts`.
+pub(crate) fn v1_binary(hub: &Hub, client: &Client, frame: &Bytes, ts: u64) {
     let parsed = match binary::parse_outgoing(frame) {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -124,7 +125,7 @@ pub(crate) fn v1_binary(hub: &Hub, client: &Client, frame: &Bytes) {
     let id = (!parsed.id.is_empty()).then_some(parsed.id);
     let outcome = match parsed.target {
         binary::Target::Client(to) => {
-            let meta = send_meta(client, id, false, true);
+            let meta = send_meta(client, id, false, true, ts);
             if let Err(error) = hub.send_binary(client, to, payload, meta) {
                 reply(client, Reply::error(id, error_code(&error), error.to_string()));
             }
@@ -179,7 +180,13 @@ fn request_id(text: &str) -> Option<String> {
 /// The hub's side of a client's send: its id (for deduplication and
 /// receipts) and, when it has one, the ack to push once the send is durable.
 /// `with_status` adds whether it went live or was stored (sends to one client).
-fn send_meta(client: &Client, id: Option<&str>, receipt: bool, with_status: bool) -> SendMeta {
+fn send_meta(
+    client: &Client,
+    id: Option<&str>,
+    receipt: bool,
+    with_status: bool,
+    ts: u64,
+) -> SendMeta {
     let on_commit = id.map(|id| -> OnCommit {
         let outbox = client.outbox().clone();
         let id = id.to_owned();
@@ -200,7 +207,7 @@ fn send_meta(client: &Client, id: Option<&str>, receipt: bool, with_status: bool
             let _ = outbox.push(Outgoing::Text(reply.encode()));
         })
     });
-    SendMeta { id: id.map(str::to_owned), receipt, on_commit }
+    SendMeta { id: id.map(str::to_owned), receipt, on_commit, ts: Some(ts) }
 }
 
 fn answer(client: &Client, id: Option<&str>, outcome: Result<Option<Reply>, RouteError>) {

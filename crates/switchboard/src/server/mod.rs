@@ -15,6 +15,7 @@ pub(crate) mod auth;
 mod contention;
 mod dispatch;
 mod echo;
+mod frame_clock;
 mod handshake;
 mod keepalive;
 mod listener;

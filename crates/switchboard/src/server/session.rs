@@ -32,6 +32,7 @@ use tungstenite::{Message as Frame, Utf8Bytes};
 
 use super::contention;
 use super::dispatch;
+use super::frame_clock::FrameClock;
 use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
 use crate::hub::rate::TokenBucket;
@@ -172,6 +173,7 @@ where
     // read from its atomic per frame (polling the future takes a mutex).
     // Shutdown comes the same way: the server closes every client.
     let mut closed = std::pin::pin!(closer.reached(CloseStage::Requested));
+    let mut clock = FrameClock::new();
     let mut owed_budget = 0usize;
     let mut counts = InCounts::default();
     let mut until_sample = metrics::SAMPLE_EVERY;
@@ -185,7 +187,7 @@ where
             // writer runs between turns. A reader that drains its socket
             // never yields.
             for _ in 0..owed_budget {
-                tokio::task::coop::consume_budget().await;
+                clock.watch(tokio::task::coop::consume_budget()).await;
             }
             owed_budget = 0;
         }
@@ -196,6 +198,7 @@ where
                 () = Box::pin(store.uncongested()) => {}
                 () = closed.as_mut(), if linger.is_none() => {}
             }
+            clock.waited();
         }
         if linger.is_none() {
             if closer.is_closed() {
@@ -226,7 +229,7 @@ where
             () = lingered(&mut linger), if linger.is_some() => {
                 break closer.reason().cloned().unwrap_or(CloseReason::Shutdown);
             }
-            frame = stream.next() => frame,
+            frame = std::future::poll_fn(|cx| clock.note(stream.poll_next_unpin(cx))) => frame,
             // Reached only when no frame is ready; the checks above then act.
             () = closed.as_mut(), if linger.is_none() || draining => continue,
         };
@@ -286,9 +289,8 @@ where
         if counts.count(kind, payload_len) {
             metrics::global().add_in(&mut counts);
         }
+        let (now, ts) = clock.frame_time();
         let over = if rate_limited {
-            // One clock read for both buckets.
-            let now = Instant::now();
             if !messages.try_take(1.0, now) {
                 Some(format!("{} messages/s", settings.rate_messages_per_sec))
             } else if !bytes.try_take(payload_len as f64, now) {
@@ -316,9 +318,11 @@ where
         until_sample -= 1;
         let started = (until_sample == 0).then(Instant::now);
         match (frame, client.protocol()) {
-            (Frame::Text(text), Protocol::Classic) => dispatch::classic_text(hub, client, &text),
-            (Frame::Text(text), Protocol::V1) => dispatch::v1_text(hub, client, &text),
-            (Frame::Binary(data), Protocol::V1) => dispatch::v1_binary(hub, client, &data),
+            (Frame::Text(text), Protocol::Classic) => {
+                dispatch::classic_text(hub, client, &text, ts)
+            }
+            (Frame::Text(text), Protocol::V1) => dispatch::v1_text(hub, client, &text, ts),
+            (Frame::Binary(data), Protocol::V1) => dispatch::v1_binary(hub, client, &data, ts),
             (Frame::Binary(_), Protocol::Classic) => dispatch::classic_binary(client),
             _ => {}
         }

@@ -114,6 +114,34 @@ async fn dm_is_delivered_with_seq_and_ts_and_acked_only_with_an_id() {
     assert_eq!((&second["seq"], &second["text"]), (&json!(2), &json!("no id")));
 }
 
+/// The session reads the clock once per run of frames (issue 6); a pause
+/// ends the run, so a message sent after one is stamped after it, not with
+/// the time of the frames before.
+#[tokio::test]
+async fn ts_is_when_the_frame_was_read_also_after_a_pause() {
+    let now_ms = || {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.expect("clock after 1970").as_millis() as u64
+    };
+    let server = TestServer::start().await;
+    let mut alice = v1(&server, "alice").await;
+    let mut bob = v1(&server, "bob").await;
+    for _ in 0..3 {
+        let sent_from = now_ms();
+        for i in 0..5 {
+            alice.send_json(json!({"type": "dm", "to": "bob", "text": i.to_string()})).await;
+        }
+        for _ in 0..5 {
+            let ts = bob.recv_json().await["ts"].as_u64().expect("ts");
+            assert!(
+                ts >= sent_from && ts <= now_ms(),
+                "ts {ts} is not between send ({sent_from}) and receipt"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::test]
 async fn server_requests_reach_the_event_log() {
     let server = TestServer::start().await;
