@@ -10,7 +10,8 @@
 #   scripts/ab.sh OLD NEW fanout --receivers 1000 --broadcasts 1000 --via api
 #
 # Each run starts a fresh server pinned to CPU 0 (a fresh data dir when
-# durable) with rate limits off (see AB_RATE), and switchboard-bench pinned
+# durable) with rate limits on but far above the load, as in bench.sh (see
+# AB_RATE), and switchboard-bench pinned
 # to CPU 1.
 # Loopback only; each workload is bounded by the generator's own limits.
 set -euo pipefail
@@ -25,10 +26,10 @@ shift 2
 WORKLOAD=("$@")
 RUNS=${AB_RUNS:-5}
 MODE=${AB_MODE:-}
-# The server's rate limits: off by default, as in bench.sh; e.g.
-# AB_RATE="--rate-messages-per-sec 100000000 --rate-bytes-per-sec 100000000000"
-# keeps them on (the default configuration's code path) without tripping them.
-RATE=${AB_RATE:---rate-messages-per-sec 0 --rate-bytes-per-sec 0}
+# The server's rate limits: on (the default configuration's code path) but
+# never tripped, as in bench.sh; AB_RATE="--rate-messages-per-sec 0
+# --rate-bytes-per-sec 0" turns them off.
+RATE=${AB_RATE:---rate-messages-per-sec 100000000 --rate-bytes-per-sec 100000000000}
 BENCH=${AB_BENCH:-target/release/switchboard-bench}
 PORT=${AB_PORT:-28895}
 for bin in "$A" "$B" "$BENCH"; do
