@@ -2,7 +2,7 @@
 //! (issue 6).
 //!
 //! Each frame a client sends needs the time twice: the rate limiter's token
-//! buckets take an [`Instant`], and the message it becomes is stamped with
+//! buckets take a monotonic time, and the message it becomes is stamped with
 //! the hub's wall-clock time ([`crate::hub::Message::ts`]). A clock read
 //! costs ~25 ns on this box, and the two were ~10% of a classic DM's server
 //! CPU in the default configuration (rate limits on).
@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -26,24 +27,41 @@ use crate::hub::now_ms;
 /// Frames served by one reading of the clock, at most.
 const RUN: u32 = 32;
 
-/// The time of the frame being handled; see the module doc.
+/// Monotonic nanoseconds since the process first asked.
+fn monotonic_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// When a frame was read: by the monotonic clock, for the rate limiter, and
+/// by the wall clock, for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameTime {
+    /// Monotonic ns (process-wide origin), as `TokenBucket` takes them.
+    pub(crate) monotonic_ns: u64,
+    /// Milliseconds since the Unix epoch: `Message::ts`.
+    pub(crate) ts: u64,
+}
+
+/// The time of the frame being handled; see the module doc. Lives in the
+/// reader's task, so it is kept small (24 bytes; issue 6, idle memory).
 #[derive(Debug)]
 pub(crate) struct FrameClock {
-    /// The last reading: monotonic, and ms since the Unix epoch.
-    reading: (Instant, u64),
+    /// The last reading.
+    reading: FrameTime,
     /// Frames the reading still serves; 0 reads the clock again.
     left: u32,
 }
 
 impl FrameClock {
     pub(crate) fn new() -> FrameClock {
-        FrameClock { reading: (Instant::now(), now_ms()), left: 0 }
+        FrameClock { reading: FrameTime { monotonic_ns: 0, ts: 0 }, left: 0 }
     }
 
     /// The time of the next frame: the last reading while it is fresh.
-    pub(crate) fn frame_time(&mut self) -> (Instant, u64) {
+    pub(crate) fn frame_time(&mut self) -> FrameTime {
         if self.left == 0 {
-            self.reading = (Instant::now(), now_ms());
+            self.reading = FrameTime { monotonic_ns: monotonic_ns(), ts: now_ms() };
             self.left = RUN;
         }
         self.left -= 1;
@@ -82,7 +100,10 @@ mod tests {
             assert_eq!(clock.frame_time(), first);
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(clock.frame_time().0 > first.0, "the run is over: a new reading");
+        assert!(
+            clock.frame_time().monotonic_ns > first.monotonic_ns,
+            "the run is over: a new reading"
+        );
     }
 
     #[test]
@@ -94,7 +115,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(clock.note(Poll::<()>::Pending).is_pending());
         let after = clock.frame_time();
-        assert!(after.0 > first.0 && after.1 >= first.1);
+        assert!(after.monotonic_ns > first.monotonic_ns && after.ts >= first.ts);
     }
 
     #[tokio::test]
@@ -105,6 +126,6 @@ mod tests {
         assert_eq!(clock.frame_time(), first);
         clock.watch(tokio::task::yield_now()).await;
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(clock.frame_time().0 > first.0, "yield_now waits once");
+        assert!(clock.frame_time().monotonic_ns > first.monotonic_ns, "yield_now waits once");
     }
 }

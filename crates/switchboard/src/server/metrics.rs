@@ -182,7 +182,7 @@ impl Metrics {
     pub(crate) fn add_in(&self, counts: &mut InCounts) {
         for (counter, n) in self.messages_in.iter().zip(counts.frames.iter_mut()) {
             if *n > 0 {
-                counter.inc_by(std::mem::take(n));
+                counter.inc_by(u64::from(std::mem::take(n)));
             }
         }
         if counts.bytes > 0 {
@@ -212,7 +212,9 @@ impl Metrics {
 /// A reader's counts not yet added to the shared counters.
 #[derive(Debug, Default)]
 pub(crate) struct InCounts {
-    frames: [u64; 4],
+    /// Per [`InKind`]; `u32`, as they are added every [`FLUSH_EVERY`]
+    /// frames (a smaller reader task, issue 6).
+    frames: [u32; 4],
     bytes: u64,
     pending: u32,
 }

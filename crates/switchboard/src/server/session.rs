@@ -32,10 +32,10 @@ use tungstenite::{Message as Frame, Utf8Bytes};
 
 use super::contention;
 use super::dispatch;
-use super::frame_clock::FrameClock;
+use super::frame_clock::{FrameClock, FrameTime};
 use super::metrics::{self, InCounts, InKind, OutCounts, OutKind};
 use crate::config::Config;
-use crate::hub::rate::TokenBucket;
+use crate::hub::rate::{Rate, TokenBucket};
 use crate::hub::{
     entry_message, Client, CloseReason, CloseStage, Closer, Hub, OutboxReceiver, Outgoing,
     Protocol, Registration, Replay,
@@ -74,11 +74,16 @@ pub(crate) struct SessionSettings {
     pub(crate) max_message_bytes: usize,
     pub(crate) rate_messages_per_sec: u32,
     pub(crate) rate_bytes_per_sec: u64,
+    /// The per-connection limits, as token-bucket rates.
+    pub(crate) message_rate: Rate,
+    pub(crate) byte_rate: Rate,
     pub(crate) rate_strikes: u32,
 }
 
 impl SessionSettings {
     pub(crate) fn from_config(config: &Config) -> SessionSettings {
+        let messages = f64::from(config.rate_messages_per_sec);
+        let bytes = config.rate_bytes_per_sec as f64;
         SessionSettings {
             ping_interval: config.ping_interval(),
             pong_timeout: config.pong_timeout(),
@@ -86,6 +91,9 @@ impl SessionSettings {
             max_message_bytes: config.max_message_bytes,
             rate_messages_per_sec: config.rate_messages_per_sec,
             rate_bytes_per_sec: config.rate_bytes_per_sec,
+            message_rate: Rate::new(messages, messages.max(1.0)),
+            // The byte bucket must hold at least one maximal message.
+            byte_rate: Rate::new(bytes, bytes.max(config.max_message_bytes as f64)),
             rate_strikes: config.rate_strikes,
         }
     }
@@ -150,14 +158,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let closer = client.outbox().closer();
-    let now = Instant::now();
-    let burst_messages = f64::from(settings.rate_messages_per_sec.max(1));
-    let mut messages =
-        TokenBucket::new(f64::from(settings.rate_messages_per_sec), burst_messages, now);
-    // The byte bucket must hold at least one maximal message.
-    let burst_bytes = (settings.rate_bytes_per_sec as f64).max(settings.max_message_bytes as f64);
-    let mut bytes = TokenBucket::new(settings.rate_bytes_per_sec as f64, burst_bytes, now);
-    let rate_limited = settings.rate_messages_per_sec > 0 || settings.rate_bytes_per_sec > 0;
+    let mut clock = FrameClock::new();
+    let start = clock.frame_time().monotonic_ns;
+    let (message_rate, byte_rate) = (&settings.message_rate, &settings.byte_rate);
+    let mut messages = TokenBucket::full(message_rate, start);
+    let mut bytes = TokenBucket::full(byte_rate, start);
+    let rate_limited = !(message_rate.is_unlimited() && byte_rate.is_unlimited());
     let mut strikes = 0u32;
     // Set once the session is closing: how long to wait for the peer's
     // close frame. Boxed, like the other cold-path futures here, so that the
@@ -173,7 +179,6 @@ where
     // read from its atomic per frame (polling the future takes a mutex).
     // Shutdown comes the same way: the server closes every client.
     let mut closed = std::pin::pin!(closer.reached(CloseStage::Requested));
-    let mut clock = FrameClock::new();
     let mut owed_budget = 0usize;
     let mut counts = InCounts::default();
     let mut until_sample = metrics::SAMPLE_EVERY;
@@ -289,11 +294,11 @@ where
         if counts.count(kind, payload_len) {
             metrics::global().add_in(&mut counts);
         }
-        let (now, ts) = clock.frame_time();
+        let FrameTime { monotonic_ns: now, ts } = clock.frame_time();
         let over = if rate_limited {
-            if !messages.try_take(1.0, now) {
+            if !messages.try_take(message_rate, 1.0, now) {
                 Some(format!("{} messages/s", settings.rate_messages_per_sec))
-            } else if !bytes.try_take(payload_len as f64, now) {
+            } else if !bytes.try_take(byte_rate, payload_len as f64, now) {
                 Some(format!("{} bytes/s", settings.rate_bytes_per_sec))
             } else {
                 None
