@@ -88,10 +88,15 @@ pub fn parse_direct(text: &str) -> Option<RawDirect<'_>> {
     let (msg, msg_json) = match msg.map(RawValue::get) {
         None | Some("null") => (Cow::Borrowed(""), Cow::Borrowed("\"\"")),
         Some(raw) if raw.starts_with('"') => {
-            // A string: unescape only when it has escapes; keep the raw literal.
-            let msg = match serde_json::from_str::<&str>(raw) {
-                Ok(borrowed) => Cow::Borrowed(borrowed),
-                Err(_) => Cow::Owned(serde_json::from_str::<String>(raw).ok()?),
+            // A string literal, checked by the parse above: without a
+            // backslash its text is what lies between the quotes, so it is
+            // not parsed a second time (issue 6); with one, it is unescaped.
+            // The raw literal is kept either way.
+            let inner = &raw[1..raw.len() - 1];
+            let msg = if inner.contains('\\') {
+                Cow::Owned(serde_json::from_str::<String>(raw).ok()?)
+            } else {
+                Cow::Borrowed(inner)
             };
             (msg, Cow::Borrowed(raw))
         }
