@@ -83,7 +83,8 @@ pub struct SendMeta {
     pub on_commit: Option<OnCommit>,
     /// The message's time ([`Message::ts`]) when the caller has read the
     /// clock already (a session reads it once per run of frames, issue 6);
-    /// `None`: now.
+    /// `None`: now. Used for direct messages and the dedup window; a room
+    /// publish, one message for all members, reads the clock itself.
     pub ts: Option<u64>,
 }
 
