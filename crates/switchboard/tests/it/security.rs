@@ -575,6 +575,27 @@ async fn rate_limits_answer_with_an_error_then_disconnect_with_1008() {
     still_served(&server, "x", "y", false).await;
 }
 
+/// A client that keeps to its rate is never refused: the bucket refills
+/// while the client is quiet (the session reads its clock again after each
+/// wait, issue 6), so a second full burst a second later is accepted.
+#[tokio::test]
+async fn a_client_within_its_rate_is_never_refused() {
+    let server = TestServer::start_with(Config { rate_messages_per_sec: 5, ..test_config() }).await;
+    let mut pace = v1(&server, "pace").await;
+    let _calm = v1(&server, "calm").await;
+    for burst in 0..2 {
+        for i in 0..5 {
+            let id = format!("{burst}-{i}");
+            pace.send_json(json!({"type": "dm", "id": id, "to": "calm", "text": "x"})).await;
+        }
+        for i in 0..5 {
+            let reply = pace.recv_json().await;
+            assert_eq!(reply["type"], "ack", "burst {burst}, message {i}: {reply}");
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+}
+
 // --- reverse proxies ---------------------------------------------------------
 
 async fn client_addr(server: &TestServer, name: &str) -> String {
