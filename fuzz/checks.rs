@@ -39,6 +39,15 @@ pub fn v1_request(data: &[u8]) {
         general,
         "parse_request and serde's parser disagree on {text:?}"
     );
+    // The borrowing DM parser takes exactly the DMs, with the same fields.
+    let borrowed = v1::parse_dm(&text).map(|dm| v1::Request::Dm {
+        id: dm.id.map(|id| id.into_owned()),
+        to: dm.to.into_owned(),
+        text: dm.text.into_owned(),
+        receipt: dm.receipt,
+    });
+    let dm = general.clone().filter(|request| matches!(request, v1::Request::Dm { .. }));
+    assert_eq!(borrowed, dm, "parse_dm and serde's parser disagree on {text:?}");
     match v1::parse_request(&text) {
         Ok(request) => {
             let json = serde_json::to_string(&request).expect("a parsed request serialises");

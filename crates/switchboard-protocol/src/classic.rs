@@ -21,6 +21,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::borrowed::Borrowed;
+
 /// What a classic client's text frame asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
@@ -42,12 +44,6 @@ struct DirectShape<'a> {
     #[serde(default, borrow)]
     msg: Option<&'a RawValue>,
 }
-
-/// A string borrowed from the frame unless it has escapes. serde borrows a
-/// `Cow<str>` only when it is the field's whole type: an `Option<Cow<str>>`
-/// is always copied, an allocation per classic DM (issue 6).
-#[derive(Deserialize)]
-struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// A classic private message as parsed by [`parse_direct`]: borrowed from the
 /// frame where possible, with `msg` also kept as the JSON text the client

@@ -13,6 +13,7 @@
 //! - [`close`]: the close codes the hub uses and what they mean.
 
 pub mod binary;
+mod borrowed;
 pub mod classic;
 pub mod close;
 pub mod name;

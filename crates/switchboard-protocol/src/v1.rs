@@ -22,7 +22,11 @@
 //! [`Request::Ack`]; senders learn from [`Reply::Ack`]'s [`AckStatus`]
 //! whether a message went out live, was stored, or was a retry.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::borrowed::Borrowed;
 
 /// The hub's protocol version string, sent in the welcome.
 pub const PROTOCOL_VERSION: &str = "1";
@@ -248,13 +252,49 @@ pub struct ParseError {
 /// assert_eq!(err.id.as_deref(), Some("2"));
 /// ```
 pub fn parse_request(text: &str) -> Result<Request, ParseError> {
-    if let Ok(DmWire { kind: DmTag::Dm, id, to, text, receipt }) = serde_json::from_str(text) {
-        return Ok(Request::Dm { id, to, text, receipt });
+    if let Some(DmRequest { id, to, text, receipt }) = parse_dm(text) {
+        let id = id.map(Cow::into_owned);
+        return Ok(Request::Dm { id, to: to.into_owned(), text: text.into_owned(), receipt });
     }
     match serde_json::from_str::<Request>(text) {
         Ok(request) => Ok(request),
         Err(error) => Err(diagnose(text, error)),
     }
+}
+
+/// A `dm` request as [`parse_dm`] reads it: each string borrowed from the
+/// frame unless it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmRequest<'a> {
+    /// Client-chosen id; see [`Request::Dm`].
+    pub id: Option<Cow<'a, str>>,
+    /// The recipient's name.
+    pub to: Cow<'a, str>,
+    /// The text.
+    pub text: Cow<'a, str>,
+    /// Ask for a `delivered` receipt.
+    pub receipt: bool,
+}
+
+/// Reads a `dm` request without copying its strings (issue 6: the hub's
+/// hottest v1 request): `Some` exactly when [`parse_request`] would return
+/// a [`Request::Dm`] with the same fields, `None` for anything else.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use switchboard_protocol::v1::parse_dm;
+/// let dm = parse_dm(r#"{"type":"dm","id":"7","to":"bob","text":"hi"}"#).unwrap();
+/// assert_eq!((dm.id.as_deref(), &*dm.to, &*dm.text), (Some("7"), "bob", "hi"));
+/// assert!(matches!((&dm.id, &dm.to, &dm.text), (Some(Cow::Borrowed(_)), Cow::Borrowed(_), Cow::Borrowed(_))));
+/// // Escapes are decoded, into a copy of that field only.
+/// let dm = parse_dm(r#"{"type":"dm","to":"bob","text":"a\nb"}"#).unwrap();
+/// assert!(matches!((&dm.to, &dm.text), (Cow::Borrowed(_), Cow::Owned(_))));
+/// assert_eq!(dm.text, "a\nb");
+/// assert!(parse_dm(r#"{"type":"ping"}"#).is_none());
+/// ```
+pub fn parse_dm(text: &str) -> Option<DmRequest<'_>> {
+    let DmWire { kind: DmTag::Dm, id, to, text, receipt } = serde_json::from_str(text).ok()?;
+    Some(DmRequest { id: id.map(|Borrowed(id)| id), to: to.0, text: text.0, receipt })
 }
 
 /// The hot request, parsed in one pass: an internally tagged enum makes
@@ -264,13 +304,15 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
 /// the general path, which gives the same result or the same error.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DmWire {
+struct DmWire<'a> {
     #[serde(rename = "type")]
     kind: DmTag,
-    #[serde(default)]
-    id: Option<String>,
-    to: String,
-    text: String,
+    #[serde(default, borrow)]
+    id: Option<Borrowed<'a>>,
+    #[serde(borrow)]
+    to: Borrowed<'a>,
+    #[serde(borrow)]
+    text: Borrowed<'a>,
     #[serde(default)]
     receipt: bool,
 }
@@ -620,6 +662,24 @@ impl Delivery<'_> {
         }
     }
 
+    /// The whole frame for one recipient's `seq`: [`frame`] of
+    /// [`Delivery::encode_tail`], for a delivery nobody else shares (a DM
+    /// is written in one buffer, issue 6).
+    ///
+    /// ```
+    /// use switchboard_protocol::v1::{frame, Delivery};
+    /// let dm = Delivery::Dm { from: "a", to: "b", text: "hi" };
+    /// assert_eq!(dm.encode_frame(7, 3), frame(&dm.encode_tail(7), 3));
+    /// ```
+    pub fn encode_frame(&self, ts: u64, seq: u64) -> String {
+        if let Delivery::Dm { from, to, text } = *self {
+            if let Some(frame) = dm_frame(ts, seq, from, to, text) {
+                return frame;
+            }
+        }
+        frame(&self.encode_tail(ts), seq)
+    }
+
     /// Encodes everything after `seq`, ready for [`frame`]: shared by all recipients.
     pub fn encode_tail(&self, ts: u64) -> EncodedDelivery {
         if let Delivery::Dm { from, to, text } = *self {
@@ -649,16 +709,32 @@ impl Delivery<'_> {
 /// then takes the general path.
 fn dm_tail(ts: u64, from: &str, to: &str, text: &str) -> Option<String> {
     let mut rest = Vec::with_capacity(40 + from.len() + to.len() + text.len());
-    rest.extend_from_slice(b",\"ts\":");
-    serde_json::to_writer(&mut rest, &ts).ok()?;
-    rest.extend_from_slice(b",\"from\":");
-    serde_json::to_writer(&mut rest, from).ok()?;
-    rest.extend_from_slice(b",\"to\":");
-    serde_json::to_writer(&mut rest, to).ok()?;
-    rest.extend_from_slice(b",\"text\":");
-    serde_json::to_writer(&mut rest, text).ok()?;
-    rest.push(b'}');
+    write_dm_tail(&mut rest, ts, from, to, text)?;
     String::from_utf8(rest).ok()
+}
+
+/// A whole `dm` frame for one `seq`, in one buffer: [`frame`] of
+/// [`dm_tail`] without the tail's own allocation and copy.
+fn dm_frame(ts: u64, seq: u64, from: &str, to: &str, text: &str) -> Option<String> {
+    let head = head_for("dm");
+    let mut out = Vec::with_capacity(head.len() + 60 + from.len() + to.len() + text.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    write_dm_tail(&mut out, ts, from, to, text)?;
+    String::from_utf8(out).ok()
+}
+
+fn write_dm_tail(out: &mut Vec<u8>, ts: u64, from: &str, to: &str, text: &str) -> Option<()> {
+    out.extend_from_slice(b",\"ts\":");
+    serde_json::to_writer(&mut *out, &ts).ok()?;
+    out.extend_from_slice(b",\"from\":");
+    serde_json::to_writer(&mut *out, from).ok()?;
+    out.extend_from_slice(b",\"to\":");
+    serde_json::to_writer(&mut *out, to).ok()?;
+    out.extend_from_slice(b",\"text\":");
+    serde_json::to_writer(&mut *out, text).ok()?;
+    out.push(b'}');
+    Some(())
 }
 
 fn head_for(kind: &'static str) -> &'static str {
@@ -887,6 +963,11 @@ mod tests {
                 let mut expected = serde_json::to_string(&Tail::Dm { ts, from, to, text }).unwrap();
                 expected.replace_range(0..1, ",");
                 assert_eq!(dm_tail(ts, from, to, text), Some(expected));
+                let delivery = Delivery::Dm { from, to, text };
+                assert_eq!(
+                    delivery.encode_frame(ts, n as u64),
+                    frame(&delivery.encode_tail(ts), n as u64)
+                );
             }
         }
     }
@@ -1032,6 +1113,14 @@ mod tests {
                 Err(error) => Err(diagnose(case, error)),
             };
             assert_eq!(parse_request(case), general, "{case}");
+            let borrowed = parse_dm(case).map(|dm| Request::Dm {
+                id: dm.id.map(Cow::into_owned),
+                to: dm.to.into_owned(),
+                text: dm.text.into_owned(),
+                receipt: dm.receipt,
+            });
+            let dm = general.ok().filter(|request| matches!(request, Request::Dm { .. }));
+            assert_eq!(borrowed, dm, "parse_dm on {case}");
         }
     }
 

@@ -229,7 +229,7 @@ impl Message {
             return None;
         }
         match (Arc::strong_count(&self), self.v1.get()) {
-            (1, None) => Some(v1::frame(&self.delivery().encode_tail(self.ts), seq)),
+            (1, None) => Some(self.delivery().encode_frame(self.ts, seq)),
             _ => self.v1_text(seq),
         }
     }
