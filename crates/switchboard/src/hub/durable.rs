@@ -471,18 +471,16 @@ impl Hub {
         route: impl FnOnce(&Hub, Origin<'_>, &mut Option<OnCommit>) -> Result<Accepted, RouteError>,
     ) -> Result<Accepted, RouteError> {
         if let Some(id) = &meta.id {
-            let mut inbox = from.inbox.lock();
-            if inbox.recent.contains(id) {
-                drop(inbox);
+            // Remembered before routing: an outcome known later (and a
+            // failure that forgets the id) always comes after this.
+            let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
+            let now = meta.ts.unwrap_or_else(now_ms);
+            if !from.inbox.lock().recent.insert(id, now, window_ms) {
                 if let Some(answer) = meta.on_commit.take() {
                     answer(Ok(Accepted::Duplicate));
                 }
                 return Ok(Accepted::Duplicate);
             }
-            // Remembered before routing: an outcome known later (and a
-            // failure that forgets the id) always comes after this.
-            let window_ms = self.shared.limits.dedup_window.as_millis() as u64;
-            inbox.recent.insert(id, meta.ts.unwrap_or_else(now_ms), window_ms);
         }
         let held = HeldAt::default();
         let origin = Origin {

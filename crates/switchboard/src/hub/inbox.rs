@@ -413,8 +413,9 @@ impl DedupWindow {
         self.ids.find(hash, |&number| self.slot(number).is_some_and(|kept| kept.id == id)).copied()
     }
 
-    /// True when `id` was used within the window.
-    pub(crate) fn contains(&self, id: &str) -> bool {
+    /// True when `id` is remembered (tests: the hub asks [`Self::insert`]).
+    #[cfg(test)]
+    fn contains(&self, id: &str) -> bool {
         self.find(self.hasher.hash_one(id), id).is_some()
     }
 
@@ -429,8 +430,10 @@ impl DedupWindow {
     }
 
     /// Remembers `id` at `now_ms`, forgetting ids older than `window_ms` and
-    /// the oldest beyond [`DEDUP_IDS`].
-    pub(crate) fn insert(&mut self, id: &str, now_ms: u64, window_ms: u64) {
+    /// the oldest beyond [`DEDUP_IDS`]. False when `id` was used within the
+    /// window already (a duplicate): one hash and one lookup for both the
+    /// check and the insert (issue 6).
+    pub(crate) fn insert(&mut self, id: &str, now_ms: u64, window_ms: u64) -> bool {
         let mut spare = None;
         while let Some(oldest) = self.ring.front() {
             if self.ring.len() < DEDUP_IDS && now_ms.saturating_sub(oldest.at_ms) <= window_ms {
@@ -445,7 +448,7 @@ impl DedupWindow {
         }
         let hash = self.hasher.hash_one(id);
         if self.find(hash, id).is_some() {
-            return;
+            return false;
         }
         let id = match spare {
             Some(mut buffer) => {
@@ -461,6 +464,7 @@ impl DedupWindow {
         self.ids.insert_unique(hash, number, |&kept| {
             slot(ring, first, kept).map_or(0, |kept| kept.hash)
         });
+        true
     }
 }
 
@@ -480,6 +484,7 @@ mod tests {
         assert!(window.contains("a"));
         window.insert("b", 2000, 1000);
         assert!(!window.contains("a"), "aged out");
+        assert!(window.insert("a", 2000, 1000), "an aged-out id is new again");
         for i in 0..(DEDUP_IDS + 10) {
             window.insert(&i.to_string(), 2000, 1000);
         }
@@ -492,8 +497,8 @@ mod tests {
         window.remove(&last);
         assert!(!window.contains(&last));
         assert_eq!(window.ids.len() + 1, window.ring.len(), "its slot stays until evicted");
-        window.insert(&last, 2000, 1000);
-        window.insert(&last, 2000, 1000);
+        assert!(window.insert(&last, 2000, 1000), "new again once removed");
+        assert!(!window.insert(&last, 2000, 1000), "a duplicate");
         assert!(window.contains(&last));
         assert_eq!(window.ids.len() + 1, window.ring.len(), "remembered once");
         // Evicting the removed id's old slot leaves its new one alone.
@@ -528,16 +533,18 @@ mod tests {
                     }
                 }
                 _ => {
-                    window.insert(&id, now, window_ms);
+                    let new = window.insert(&id, now, window_ms);
                     while let Some((at, _)) = model.front() {
                         if model.len() < DEDUP_IDS && now.saturating_sub(*at) <= window_ms {
                             break;
                         }
                         model.pop_front();
                     }
-                    if !model.iter().any(|(_, kept)| kept.as_deref() == Some(&id)) {
+                    let duplicate = model.iter().any(|(_, kept)| kept.as_deref() == Some(&id));
+                    if !duplicate {
                         model.push_back((now, Some(id.clone())));
                     }
+                    assert_eq!(new, !duplicate, "step {step}: insert of {id}");
                 }
             }
             let expected = model.iter().any(|(_, kept)| kept.as_deref() == Some(&id));
