@@ -4,6 +4,7 @@
 //! methods, for both wire protocols. It does no I/O: replies are pushed into
 //! the client's own outbox, behind anything already queued for it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,13 +50,7 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
 pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
     // The hot request first, its strings borrowed from the frame (issue 6).
     if let Some(dm) = v1::parse_dm(text) {
-        let id = dm.id.as_deref();
-        let meta = send_meta(client, id, dm.receipt, true, ts);
-        let text = Arc::<str>::from(&*dm.text);
-        if let Err(error) = hub.send_direct_encoded(client, &dm.to, text, None, meta) {
-            reply(client, Reply::error(id, error_code(&error), error.to_string()));
-        }
-        return;
+        return v1_dm(hub, client, dm, ts);
     }
     let request = match v1::parse_request(text) {
         Ok(request) => request,
@@ -66,15 +61,11 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
     };
     let id = request.id().map(str::to_owned);
     let outcome: Result<Option<Reply>, RouteError> = match request {
-        // Durable sends are acknowledged by `on_commit`, after the store
-        // commit. (A DM is taken by `parse_dm` above; the general parser
-        // gives the same DMs, so this is only for completeness.)
+        // `parse_dm` above takes every DM the general parser does; this
+        // arm only keeps the match whole.
         Request::Dm { to, text, receipt, .. } => {
-            let meta = send_meta(client, id.as_deref(), receipt, true, ts);
-            if let Err(error) = hub.send_direct(client, &to, text, meta) {
-                reply(client, Reply::error(id.as_deref(), error_code(&error), error.to_string()));
-            }
-            return;
+            let (id, to, text) = (id.map(Cow::Owned), Cow::Owned(to), Cow::Owned(text));
+            return v1_dm(hub, client, v1::DmRequest { id, to, text, receipt }, ts);
         }
         Request::Publish { room, text, echo, .. } => {
             let meta = send_meta(client, id.as_deref(), false, false, ts);
@@ -121,6 +112,17 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
         Request::Ping { .. } => Ok(Some(Reply::Pong { id: id.clone() })),
     };
     answer(client, id.as_deref(), outcome);
+}
+
+/// Sends a v1 DM. Durable sends are acknowledged by `on_commit`, after the
+/// store commit; a refusal known at once is answered here.
+fn v1_dm(hub: &Hub, client: &Client, dm: v1::DmRequest<'_>, ts: u64) {
+    let id = dm.id.as_deref();
+    let meta = send_meta(client, id, dm.receipt, true, ts);
+    let text = Arc::<str>::from(&*dm.text);
+    if let Err(error) = hub.send_direct_encoded(client, &dm.to, text, None, meta) {
+        reply(client, Reply::error(id, error_code(&error), error.to_string()));
+    }
 }
 
 /// Handles one binary frame from a v1 client, read at `ts`.
