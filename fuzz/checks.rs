@@ -48,6 +48,9 @@ pub fn v1_request(data: &[u8]) {
     });
     let dm = general.clone().filter(|request| matches!(request, v1::Request::Dm { .. }));
     assert_eq!(borrowed, dm, "parse_dm and serde's parser disagree on {text:?}");
+    // The ack written without serde's key escaping is serde's, for any id.
+    let ack = v1::Reply::Ack { id: text.to_string(), status: Some(v1::AckStatus::Live) };
+    assert_eq!(ack.encode(), serde_json::to_string(&ack).expect("an ack serialises"));
     match v1::parse_request(&text) {
         Ok(request) => {
             let json = serde_json::to_string(&request).expect("a parsed request serialises");

@@ -525,6 +525,11 @@ pub enum Reply {
 impl Reply {
     /// Encodes the reply as a JSON text frame.
     pub fn encode(&self) -> String {
+        if let Reply::Ack { id, status } = self {
+            if let Some(ack) = ack_frame(id, *status) {
+                return ack;
+            }
+        }
         // Serialising these types cannot fail: no maps with non-string keys.
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -735,6 +740,22 @@ fn write_dm_tail(out: &mut Vec<u8>, ts: u64, from: &str, to: &str, text: &str) -
     serde_json::to_writer(&mut *out, text).ok()?;
     out.push(b'}');
     Some(())
+}
+
+/// An `ack` (one per message sent with an id) as serde writes it, with the
+/// keys written as they are instead of escaped on every call (issue 6); the
+/// id is still escaped by serde_json. `None` never happens in practice.
+fn ack_frame(id: &str, status: Option<AckStatus>) -> Option<String> {
+    let mut out = Vec::with_capacity(48 + id.len());
+    out.extend_from_slice(br#"{"type":"ack","id":"#);
+    serde_json::to_writer(&mut out, id).ok()?;
+    if let Some(status) = status {
+        out.extend_from_slice(br#","status":""#);
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
+    String::from_utf8(out).ok()
 }
 
 fn head_for(kind: &'static str) -> &'static str {
@@ -968,6 +989,19 @@ mod tests {
                     delivery.encode_frame(ts, n as u64),
                     frame(&delivery.encode_tail(ts), n as u64)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_ack_frame_is_what_serde_writes_for_it() {
+        let ids = ["", "1", "q\"uote", "back\\slash", "tab\tnew\nline\u{1}", "été ☃ 😀"];
+        let statuses =
+            [None, Some(AckStatus::Live), Some(AckStatus::Stored), Some(AckStatus::Duplicate)];
+        for id in ids {
+            for status in statuses {
+                let reply = Reply::Ack { id: id.to_owned(), status };
+                assert_eq!(reply.encode(), serde_json::to_string(&reply).unwrap(), "{reply:?}");
             }
         }
     }
