@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks for the hot path (issue 6): classic JSON
-//! routing, v1 envelope encode/decode, a registry lookup plus outbox push
+//! routing, v1 envelope encode/decode (the DM parsed with its strings
+//! borrowed, its one-recipient frame, the ack), a registry lookup plus outbox push
 //! through [`Hub::send_direct`], and the hub's side of a broadcast to 1,000
 //! clients with the cache cold (without and with the durable store). Run with `cargo bench --workspace`; CI only
 //! checks that they compile (`cargo bench --no-run`). docs/performance.md
@@ -59,9 +60,18 @@ fn v1_envelopes(c: &mut Criterion) {
     let mut group = c.benchmark_group("v1");
     group.throughput(Throughput::Elements(1));
     group.bench_function("parse_request_dm", |b| b.iter(|| v1::parse_request(black_box(V1_DM))));
+    // What the hub's dispatch uses: the strings stay borrowed from the frame.
+    group.bench_function("parse_dm_borrowed", |b| b.iter(|| v1::parse_dm(black_box(V1_DM))));
     let delivery = v1::Delivery::Dm { from: "sender42", to: "receiver42", text: TEXT };
     group.bench_function("encode_tail_dm", |b| {
         b.iter(|| black_box(&delivery).encode_tail(1_700_000_000_000))
+    });
+    group.bench_function("encode_frame_dm", |b| {
+        b.iter(|| black_box(&delivery).encode_frame(1_700_000_000_000, black_box(12345)))
+    });
+    group.bench_function("encode_ack", |b| {
+        let ack = v1::Reply::ack_with("m-123456", v1::AckStatus::Live);
+        b.iter(|| black_box(&ack).encode())
     });
     let tail = delivery.encode_tail(1_700_000_000_000);
     group.bench_function("frame_per_recipient", |b| {
