@@ -19,6 +19,11 @@ impl Rate {
         Rate { per_sec, burst }
     }
 
+    /// Tokens a second.
+    pub fn per_sec(&self) -> f64 {
+        self.per_sec
+    }
+
     /// True when nothing is limited.
     pub fn is_unlimited(&self) -> bool {
         self.per_sec <= 0.0

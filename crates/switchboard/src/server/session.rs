@@ -72,8 +72,6 @@ pub(crate) struct SessionSettings {
     pub(crate) pong_timeout: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_message_bytes: usize,
-    pub(crate) rate_messages_per_sec: u32,
-    pub(crate) rate_bytes_per_sec: u64,
     /// The per-connection limits, as token-bucket rates.
     pub(crate) message_rate: Rate,
     pub(crate) byte_rate: Rate,
@@ -89,8 +87,6 @@ impl SessionSettings {
             pong_timeout: config.pong_timeout(),
             drain_timeout: config.drain_timeout(),
             max_message_bytes: config.max_message_bytes,
-            rate_messages_per_sec: config.rate_messages_per_sec,
-            rate_bytes_per_sec: config.rate_bytes_per_sec,
             message_rate: Rate::new(messages, messages.max(1.0)),
             // The byte bucket must hold at least one maximal message.
             byte_rate: Rate::new(bytes, bytes.max(config.max_message_bytes as f64)),
@@ -297,9 +293,9 @@ where
         let FrameTime { monotonic_ns: now, ts } = clock.frame_time();
         let over = if rate_limited {
             if !messages.try_take(message_rate, 1.0, now) {
-                Some(format!("{} messages/s", settings.rate_messages_per_sec))
+                Some(format!("{} messages/s", message_rate.per_sec()))
             } else if !bytes.try_take(byte_rate, payload_len as f64, now) {
-                Some(format!("{} bytes/s", settings.rate_bytes_per_sec))
+                Some(format!("{} bytes/s", byte_rate.per_sec()))
             } else {
                 None
             }

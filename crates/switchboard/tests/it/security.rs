@@ -557,6 +557,8 @@ async fn rate_limits_answer_with_an_error_then_disconnect_with_1008() {
                 let reply: Value = serde_json::from_str(&text).expect("json");
                 if reply["type"] == "error" {
                     assert_eq!(reply["code"], "rate_limited", "{reply}");
+                    let message = reply["message"].as_str().unwrap_or_default();
+                    assert!(message.contains("(5 messages/s)"), "names the limit: {reply}");
                     errors += 1;
                 }
             }
