@@ -26,17 +26,15 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
             // Classic has no acks; a refusal known only later (cluster mode,
             // shared inboxes) still gets its notice. Elsewhere every refusal
             // is known at once: no closure on the hot path.
-            let meta = if hub.shares_inboxes() {
+            let on_commit = hub.shares_inboxes().then(|| {
                 let outbox = client.outbox().clone();
-                let late: OnCommit = Box::new(move |outcome| {
+                Box::new(move |outcome: Result<_, RouteError>| {
                     if let Err(error) = outcome {
                         let _ = outbox.push(Outgoing::Text(classic_notice(&error)));
                     }
-                });
-                SendMeta { on_commit: Some(late), ts: Some(ts), ..SendMeta::default() }
-            } else {
-                SendMeta { ts: Some(ts), ..SendMeta::default() }
-            };
+                }) as OnCommit
+            });
+            let meta = SendMeta { on_commit, ts: Some(ts), ..SendMeta::default() };
             let sent = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), meta);
             if let Err(error) = sent {
                 reply_text(client, classic_notice(&error));
