@@ -33,7 +33,7 @@ use std::sync::{Arc, PoisonError, Weak};
 use switchboard_protocol::v1::Since;
 use switchboard_protocol::{ClientName, RoomName};
 
-use super::inbox::{Confirm, Inbox};
+use super::inbox::{Confirm, Inbox, RecipientCache};
 use super::message::{now_ms, Body, Message};
 use super::outbox::{Outgoing, Replay};
 use super::{Client, Hub, RouteError, Shared, State};
@@ -289,7 +289,7 @@ impl Hub {
     /// [`Hub::claim`] took over.
     pub(super) fn inbox_for_session(&self, state: &mut State, name: &ClientName) -> Arc<Inbox> {
         let store = self.shared.store.get();
-        if let Some(inbox) = state.inboxes.get(name) {
+        if let Some(inbox) = state.inboxes.get(name.as_str()) {
             return inbox.clone();
         }
         if store.is_some_and(Store::shares_inboxes) {
@@ -349,7 +349,7 @@ impl Hub {
         }
         drop(inbox);
         if client.inbox.store().is_none_or(Store::shares_inboxes) {
-            state.inboxes.remove(&client.name);
+            state.inboxes.remove(client.name.as_str());
         }
     }
 
@@ -702,7 +702,14 @@ impl Hub {
             held: None,
             ts: None,
         };
-        match self.route_one(to, |_| body, None, origin, &mut answer) {
+        match self.route_one(
+            to,
+            |_| body,
+            None,
+            origin,
+            &mut answer,
+            &mut RecipientCache::default(),
+        ) {
             Ok(accepted) => {
                 let Some(answer) = answer else { return };
                 let Some(store) = self.shared.store.get() else {
@@ -1033,9 +1040,14 @@ impl Hub {
             if self.shares_inboxes() {
                 // Cluster mode: the sender's inbox may be held by any node.
                 let body = |_| Body::Receipt { id: receipt.id, to };
-                if let Err(error) =
-                    self.route_one(&receipt.sender, body, None, Origin::OPERATOR, &mut None)
-                {
+                if let Err(error) = self.route_one(
+                    &receipt.sender,
+                    body,
+                    None,
+                    Origin::OPERATOR,
+                    &mut None,
+                    &mut RecipientCache::default(),
+                ) {
                     tracing::warn!(sender = %receipt.sender, %error, "delivery receipt dropped");
                 }
                 continue;

@@ -27,8 +27,9 @@
 //! its id. Never before: an id on disk without its message would make a
 //! retry after a crash look like a duplicate of a message that was lost.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use switchboard_protocol::ClientName;
@@ -47,6 +48,67 @@ const DEDUP_IDS: usize = 4096;
 /// store at once (a client-ack session that does not acknowledge).
 const UNSAVED_MAX: usize = 4096;
 
+/// A session's last recipient (issue 6): a client that sends many private
+/// messages to one name (a chat, a game peer) finds its inbox here, without
+/// the hub's lock, a hash lookup and a reference count per message.
+///
+/// It holds one inbox at most, and gives it up once the inbox has left the
+/// registry: looking a name up here is the same as looking it up in the
+/// registry at that moment. A session's reader owns one; callers without one
+/// pass a fresh `RecipientCache::default()`.
+#[derive(Debug, Default)]
+pub struct RecipientCache(Option<Arc<Inbox>>);
+
+impl RecipientCache {
+    /// The inbox of `to`: the one held if it is `to`'s and still
+    /// registered, else what `lookup` finds, held from now on.
+    pub(crate) fn find(
+        &mut self,
+        to: &str,
+        lookup: impl FnOnce(&str) -> Option<Arc<Inbox>>,
+    ) -> Option<&Arc<Inbox>> {
+        let current = self
+            .0
+            .as_ref()
+            .is_some_and(|held| held.name.as_str() == to && !held.retired.load(Ordering::Relaxed));
+        if !current {
+            // A retired inbox is let go here too: an idle sender's cache
+            // would otherwise keep a departed client's state alive.
+            self.0 = lookup(to);
+        }
+        self.0.as_ref()
+    }
+}
+
+/// The registry's inboxes by name. Every inbox that leaves it is retired on
+/// the way out, which is what keeps a [`RecipientCache`] true.
+#[derive(Debug, Default)]
+pub(crate) struct Inboxes(HashMap<ClientName, Arc<Inbox>>);
+
+impl Inboxes {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Inbox>> {
+        self.0.get(name)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Registers `inbox` for `name`, retiring the one it replaces.
+    pub(crate) fn insert(&mut self, name: ClientName, inbox: Arc<Inbox>) {
+        if let Some(replaced) = self.0.insert(name, inbox) {
+            replaced.retire();
+        }
+    }
+
+    /// Removes and retires `name`'s inbox.
+    pub(crate) fn remove(&mut self, name: &str) {
+        if let Some(removed) = self.0.remove(name) {
+            removed.retire();
+        }
+    }
+}
+
 /// One name's delivery state.
 #[derive(Debug)]
 pub(crate) struct Inbox {
@@ -55,6 +117,10 @@ pub(crate) struct Inbox {
     /// could not make known (issue 7).
     store: Option<Store>,
     state: Mutex<InboxState>,
+    /// Set once the inbox has left the hub's registry (its session ended in
+    /// ephemeral mode, another node took the name over): a
+    /// [`RecipientCache`] holding it must look the name up again.
+    retired: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -144,7 +210,13 @@ impl Inbox {
                 recent: DedupWindow::default(),
                 unsaved: Unsaved { stored_upto: next_seq.saturating_sub(1), ..Unsaved::default() },
             }),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the inbox as gone from the registry (see [`RecipientCache`]).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, InboxState> {
@@ -476,6 +548,40 @@ fn slot(ring: &VecDeque<Remembered>, first: u64, number: u64) -> Option<&Remembe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache answers what the registry would: the held inbox while it
+    /// is registered, a fresh lookup once it was replaced or removed.
+    #[test]
+    fn a_recipient_cache_never_answers_with_an_inbox_that_left_the_registry() {
+        let name = |n: &str| ClientName::parse(n).unwrap();
+        let mut inboxes = Inboxes::default();
+        let mut cache = RecipientCache::default();
+        let first = Arc::new(Inbox::new(name("bob"), None, 1));
+        inboxes.insert(name("bob"), first.clone());
+        let mut lookups = 0;
+        let mut find = |cache: &mut RecipientCache, inboxes: &Inboxes, to: &str| {
+            cache
+                .find(to, |to| {
+                    lookups += 1;
+                    inboxes.get(to).cloned()
+                })
+                .cloned()
+        };
+        assert!(Arc::ptr_eq(&find(&mut cache, &inboxes, "bob").unwrap(), &first));
+        assert!(Arc::ptr_eq(&find(&mut cache, &inboxes, "bob").unwrap(), &first));
+        assert!(find(&mut cache, &inboxes, "carol").is_none());
+        assert!(Arc::ptr_eq(&find(&mut cache, &inboxes, "bob").unwrap(), &first));
+        // Another node took the name over: a new inbox replaces the first.
+        let second = Arc::new(Inbox::new(name("bob"), None, 7));
+        inboxes.insert(name("bob"), second.clone());
+        assert!(Arc::ptr_eq(&find(&mut cache, &inboxes, "bob").unwrap(), &second));
+        // The session ended (ephemeral): no inbox, and none held.
+        inboxes.remove("bob");
+        assert!(find(&mut cache, &inboxes, "bob").is_none());
+        // Only the second "bob" was answered from the cache.
+        assert_eq!(lookups, 5);
+        assert!(cache.0.is_none(), "a retired inbox is not kept alive");
+    }
 
     #[test]
     fn dedup_window_is_bounded_by_count_and_age() {

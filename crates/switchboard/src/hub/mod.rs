@@ -45,7 +45,8 @@ use tokio::sync::broadcast;
 use crate::cluster::{Bus, LocalBus};
 use crate::store::Store;
 use durable::Origin;
-use inbox::Inbox;
+pub use inbox::RecipientCache;
+use inbox::{Inbox, Inboxes};
 
 pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta, UNSAVED_SWEEP};
 pub use event::{EventKind, HubEvent};
@@ -444,7 +445,7 @@ struct State {
     presence: HashMap<ClientName, Arc<Client>>,
     /// Issue 7: every name's inbox — known names with a durable store,
     /// online names only in ephemeral mode.
-    inboxes: HashMap<ClientName, Arc<Inbox>>,
+    inboxes: Inboxes,
     /// Issue 7: rooms' recent messages, kept after a room empties.
     histories: HashMap<RoomName, durable::RoomHistory>,
     /// Set by [`Hub::close_all`]: no client registers after it.
@@ -804,21 +805,23 @@ impl Hub {
         classic: Option<String>,
         origin: Origin<'_>,
         answer: &mut Option<OnCommit>,
+        recipient: &mut RecipientCache,
     ) -> Result<Accepted, RouteError> {
         let ts = || origin.ts.unwrap_or_else(now_ms);
+        let inbox = recipient.find(to, |to| self.inbox_of(to));
         if self.shares_inboxes() {
             // Cluster mode with shared inboxes: this node numbers and stores
             // for the names it holds; Redis routes the rest.
-            let Some(inbox) = self.inbox_of(to) else {
+            let Some(inbox) = inbox else {
                 return self.route_shared(to, body, origin, answer);
             };
             let message =
                 Arc::new(Message::with_classic(ts(), body(inbox.name().clone()), classic));
-            let accepted = self.deliver_kept(&inbox, &message, origin)?;
+            let accepted = self.deliver_kept(inbox, &message, origin)?;
             self.shared.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(accepted);
         }
-        let Some(inbox) = self.inbox_of(to) else {
+        let Some(inbox) = inbox else {
             let offline = self.no_inbox(to);
             return self.send_remote(to, offline, body).map(|()| Accepted::Live);
         };
@@ -832,13 +835,13 @@ impl Hub {
                 }
                 Err(RouteError::Offline(_)) => {
                     let message = Arc::new(message);
-                    self.deliver_kept(&inbox, &message, origin)
+                    self.deliver_kept(inbox, &message, origin)
                 }
                 Err(other) => Err(other),
             };
         }
         let message = Arc::new(Message::with_classic(ts(), body(inbox.name().clone()), classic));
-        let accepted = self.deliver_kept(&inbox, &message, origin)?;
+        let accepted = self.deliver_kept(inbox, &message, origin)?;
         self.shared.routed.fetch_add(1, Ordering::Relaxed);
         Ok(accepted)
     }
@@ -857,12 +860,13 @@ impl Hub {
         text: String,
         meta: SendMeta,
     ) -> Result<Accepted, RouteError> {
-        self.send_direct_encoded(from, to, text.into(), None, meta)
+        self.send_direct_encoded(from, to, text.into(), None, meta, &mut RecipientCache::default())
     }
 
     /// As [`Hub::send_direct`], with the classic frame already encoded by the
     /// caller (issue 6: a classic DM is spliced from the sender's JSON, not
-    /// re-escaped); see [`Message::with_classic`].
+    /// re-escaped); see [`Message::with_classic`]. The recipient's inbox is
+    /// looked up through the sender session's `recipient` cache.
     ///
     /// # Errors
     /// As [`Hub::send_direct`].
@@ -873,6 +877,7 @@ impl Hub {
         text: Arc<str>,
         classic: Option<String>,
         meta: SendMeta,
+        recipient: &mut RecipientCache,
     ) -> Result<Accepted, RouteError> {
         self.send_as(from, meta, |hub, origin, answer| {
             hub.route_one(
@@ -881,6 +886,7 @@ impl Hub {
                 classic,
                 origin,
                 answer,
+                recipient,
             )
         })
     }
@@ -898,7 +904,7 @@ impl Hub {
     ) -> Result<Accepted, RouteError> {
         self.send_as(from, meta, |hub, origin, answer| {
             let body = |_| Body::Binary { from: from.name.clone(), room: None, payload };
-            hub.route_one(to, body, None, origin, answer)
+            hub.route_one(to, body, None, origin, answer, &mut RecipientCache::default())
         })
     }
 
@@ -937,7 +943,8 @@ impl Hub {
         }));
         let body = |_| Body::Server { text, broadcast: false };
         let origin = Origin { confirm: true, ..Origin::OPERATOR };
-        let accepted = self.route_one(to, body, None, origin, &mut answer)?;
+        let accepted =
+            self.route_one(to, body, None, origin, &mut answer, &mut RecipientCache::default())?;
         if answer.is_none() {
             // The route took the answer: the outcome comes later.
             return rx.await.unwrap_or(Err(RouteError::ClusterUnavailable));

@@ -11,11 +11,17 @@ use bytes::Bytes;
 use switchboard_protocol::v1::{self, AckStatus, ErrorCode, Reply, Request};
 use switchboard_protocol::{binary, classic};
 
-use crate::hub::{Accepted, Client, Hub, OnCommit, Outgoing, RouteError, SendMeta};
+use crate::hub::{Accepted, Client, Hub, OnCommit, Outgoing, RecipientCache, RouteError, SendMeta};
 
 /// Handles one text frame from a classic client, read at `ts` (ms since the
 /// Unix epoch: the time its message is stamped with).
-pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
+pub(crate) fn classic_text(
+    hub: &Hub,
+    client: &Client,
+    text: &str,
+    ts: u64,
+    recipient: &mut RecipientCache,
+) {
     match classic::parse_direct(text) {
         Some(dm) => {
             // The recipient's frame, spliced from the sender's own JSON
@@ -35,7 +41,7 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
                 }) as OnCommit
             });
             let meta = SendMeta { on_commit, ts: Some(ts), ..SendMeta::default() };
-            let sent = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), meta);
+            let sent = hub.send_direct_encoded(client, &dm.dst, msg, Some(frame), meta, recipient);
             if let Err(error) = sent {
                 reply_text(client, classic_notice(&error));
             }
@@ -45,10 +51,16 @@ pub(crate) fn classic_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
 }
 
 /// Handles one text frame from a v1 client, read at `ts`.
-pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
+pub(crate) fn v1_text(
+    hub: &Hub,
+    client: &Client,
+    text: &str,
+    ts: u64,
+    recipient: &mut RecipientCache,
+) {
     // The hot request first, its strings borrowed from the frame (issue 6).
     if let Some(dm) = v1::parse_dm(text) {
-        return v1_dm(hub, client, dm, ts);
+        return v1_dm(hub, client, dm, ts, recipient);
     }
     let request = match v1::parse_request(text) {
         Ok(request) => request,
@@ -63,7 +75,7 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
         // arm only keeps the match whole.
         Request::Dm { to, text, receipt, .. } => {
             let (id, to, text) = (id.map(Cow::Owned), Cow::Owned(to), Cow::Owned(text));
-            return v1_dm(hub, client, v1::DmRequest { id, to, text, receipt }, ts);
+            return v1_dm(hub, client, v1::DmRequest { id, to, text, receipt }, ts, recipient);
         }
         Request::Publish { room, text, echo, .. } => {
             let meta = send_meta(client, id.as_deref(), false, false, ts);
@@ -114,11 +126,17 @@ pub(crate) fn v1_text(hub: &Hub, client: &Client, text: &str, ts: u64) {
 
 /// Sends a v1 DM. Durable sends are acknowledged by `on_commit`, after the
 /// store commit; a refusal known at once is answered here.
-fn v1_dm(hub: &Hub, client: &Client, dm: v1::DmRequest<'_>, ts: u64) {
+fn v1_dm(
+    hub: &Hub,
+    client: &Client,
+    dm: v1::DmRequest<'_>,
+    ts: u64,
+    recipient: &mut RecipientCache,
+) {
     let id = dm.id.as_deref();
     let meta = send_meta(client, id, dm.receipt, true, ts);
     let text = Arc::<str>::from(&*dm.text);
-    if let Err(error) = hub.send_direct_encoded(client, &dm.to, text, None, meta) {
+    if let Err(error) = hub.send_direct_encoded(client, &dm.to, text, None, meta, recipient) {
         reply(client, Reply::error(id, error_code(&error), error.to_string()));
     }
 }

@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::hub::rate::{Rate, TokenBucket};
 use crate::hub::{
     entry_message, Client, CloseReason, CloseStage, Closer, Hub, OutboxReceiver, Outgoing,
-    Protocol, Registration, Replay,
+    Protocol, RecipientCache, Registration, Replay,
 };
 
 /// How long the reader waits for the client's close frame after ours.
@@ -177,6 +177,7 @@ where
     let mut closed = std::pin::pin!(closer.reached(CloseStage::Requested));
     let mut owed_budget = 0usize;
     let mut counts = InCounts::default();
+    let mut recipient = RecipientCache::default();
     let mut until_sample = metrics::SAMPLE_EVERY;
     let reason = loop {
         if owed_budget > 0 {
@@ -320,9 +321,11 @@ where
         let started = (until_sample == 0).then(Instant::now);
         match (frame, client.protocol()) {
             (Frame::Text(text), Protocol::Classic) => {
-                dispatch::classic_text(hub, client, &text, ts)
+                dispatch::classic_text(hub, client, &text, ts, &mut recipient)
             }
-            (Frame::Text(text), Protocol::V1) => dispatch::v1_text(hub, client, &text, ts),
+            (Frame::Text(text), Protocol::V1) => {
+                dispatch::v1_text(hub, client, &text, ts, &mut recipient)
+            }
             (Frame::Binary(data), Protocol::V1) => dispatch::v1_binary(hub, client, &data, ts),
             (Frame::Binary(_), Protocol::Classic) => dispatch::classic_binary(client),
             _ => {}

@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use serde_json::json;
+use switchboard::config::Config;
 
 #[tokio::test]
 async fn private_message_is_routed_with_the_real_sender() {
@@ -12,6 +13,37 @@ async fn private_message_is_routed_with_the_real_sender() {
     assert_eq!(bob.recv_json().await, json!({"src": "alice", "dst": "bob", "msg": "hi bob"}));
     bob.send(r#"{"dst":"alice","msg":"hi alice"}"#).await;
     assert_eq!(alice.recv_json().await, json!({"src": "bob", "dst": "alice", "msg": "hi alice"}));
+}
+
+/// A session remembers its last recipient's inbox (issue 6); a recipient
+/// that reconnected has a new one, which the sender's next message must
+/// find, in both modes. In ephemeral mode the old inbox went with the old
+/// session, and a message while the name is offline is refused.
+#[tokio::test]
+async fn a_recipient_that_reconnected_gets_the_next_message_from_the_same_sender() {
+    for ephemeral in [true, false] {
+        let server = TestServer::start_with(Config { ephemeral, ..test_config() }).await;
+        let mut alice = classic(&server, "alice").await;
+        let mut bob = classic(&server, "bob").await;
+        alice.send(r#"{"dst":"bob","msg":"one"}"#).await;
+        assert_eq!(bob.recv_json().await["msg"], "one");
+        bob.close().await;
+        let hub = server.hub.clone();
+        eventually("bob has left", || hub.online().iter().all(|name| name.as_str() != "bob")).await;
+        alice.send(r#"{"dst":"bob","msg":"two"}"#).await;
+        if ephemeral {
+            let notice = alice.recv_text().await;
+            assert!(notice.contains("bob is not online"), "{notice}");
+        }
+        let mut bob = classic(&server, "bob").await;
+        if !ephemeral {
+            // Stored while bob was away, replayed at connect.
+            assert_eq!(bob.recv_json().await["msg"], "two");
+        }
+        alice.send(r#"{"dst":"bob","msg":"three"}"#).await;
+        assert_eq!(bob.recv_json().await["msg"], "three", "ephemeral: {ephemeral}");
+        server.stop().await;
+    }
 }
 
 #[tokio::test]
