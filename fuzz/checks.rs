@@ -85,6 +85,10 @@ pub fn classic(data: &[u8]) {
                 classic::Inbound::Direct { dst: raw.dst.to_string(), msg: raw.msg.to_string() };
             assert_eq!(parsed, expected, "parse and parse_direct disagree on {text:?}");
             let spliced = classic::encode_direct_raw("src", &raw.dst, &raw.msg_json);
+            // Where the hub reads the text back from the frame, it is the text.
+            if let Some(range) = classic::text_in_frame(&raw, spliced.len()) {
+                assert_eq!(spliced.get(range), Some(&*raw.msg), "text_in_frame of {text:?}");
+            }
             let fresh = classic::encode_direct("src", &raw.dst, &raw.msg);
             let spliced: serde_json::Value = serde_json::from_str(&spliced)
                 .unwrap_or_else(|e| panic!("forwarded frame is not JSON ({e}): {spliced:?}"));

@@ -173,6 +173,27 @@ pub fn encode_direct_raw(src: &str, dst: &str, msg_json: &str) -> String {
     out
 }
 
+/// Where `dm`'s text lies, as it is, in the frame [`encode_direct_raw`]
+/// built from it (`frame_len` bytes): `Some(range)` when the sender's `msg`
+/// was a string literal without escapes, the common case, so that the text
+/// need not be kept apart from the frame; `None` otherwise.
+///
+/// ```
+/// use switchboard_protocol::classic::{encode_direct_raw, parse_direct, text_in_frame};
+/// let dm = parse_direct(r#"{"dst":"bob","msg":"hi there"}"#).unwrap();
+/// let frame = encode_direct_raw("alice", &dm.dst, &dm.msg_json);
+/// assert_eq!(&frame[text_in_frame(&dm, frame.len()).unwrap()], "hi there");
+/// let escaped = parse_direct(r#"{"dst":"bob","msg":"a \"b\""}"#).unwrap();
+/// assert_eq!(text_in_frame(&escaped, 99), None);
+/// ```
+pub fn text_in_frame(dm: &RawDirect<'_>, frame_len: usize) -> Option<std::ops::Range<usize>> {
+    // The frame ends with `msg_json` and `}`; a literal whose text is the
+    // part between its quotes is one without escapes.
+    let verbatim = matches!(dm.msg, Cow::Borrowed(_)) && dm.msg_json.len() == dm.msg.len() + 2;
+    let end = frame_len.checked_sub(2).filter(|_| verbatim)?;
+    Some(end.checked_sub(dm.msg.len())?..end)
+}
+
 /// Appends `value` as a JSON string literal, escaped by serde.
 fn push_json_str(out: &mut String, value: &str) {
     /// Lets serde write into a `String`: serde's formatter only ever writes

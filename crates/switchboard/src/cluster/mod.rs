@@ -501,10 +501,10 @@ pub fn envelope_for(message: &Message, to: Option<&str>) -> Option<(Envelope, By
 /// As [`envelope_for`], with what a shared-inbox node stores and answers.
 pub fn envelope_kept(message: &Message, to: Option<&str>, kept: Kept) -> Option<(Envelope, Bytes)> {
     let envelope = match message.body() {
-        Body::Direct { from, to, text } => Envelope::Direct {
+        Body::Direct { from, to, .. } => Envelope::Direct {
             from: from.to_string(),
             to: to.to_string(),
-            text: text.to_string(),
+            text: message.dm_text().unwrap_or_default().to_owned(),
             kept,
         },
         // Room history (issue 7) is per node: the rseq stays local.

@@ -582,13 +582,13 @@ impl Hub {
     pub(super) fn route_shared(
         &self,
         to: &str,
-        body: impl FnOnce(ClientName) -> Body,
+        message: impl FnOnce(ClientName) -> Message,
         origin: Origin<'_>,
         answer: &mut Option<OnCommit>,
     ) -> Result<Accepted, RouteError> {
         let name = self.client_name(to).map_err(|_| RouteError::UnknownRecipient(to.into()))?;
         let Some(store) = self.shared.store.get() else { return Err(self.no_inbox(to)) };
-        let message = Message::new(body(name.clone()));
+        let message = message(name.clone());
         let Some(record) = record_for(&message) else {
             return Err(RouteError::Offline(to.to_owned()));
         };
@@ -702,14 +702,8 @@ impl Hub {
             held: None,
             ts: None,
         };
-        match self.route_one(
-            to,
-            |_| body,
-            None,
-            origin,
-            &mut answer,
-            &mut RecipientCache::default(),
-        ) {
+        let message = |ts, _| Message::at(ts, body);
+        match self.route_one(to, message, origin, &mut answer, &mut RecipientCache::default()) {
             Ok(accepted) => {
                 let Some(answer) = answer else { return };
                 let Some(store) = self.shared.store.get() else {
@@ -1039,11 +1033,10 @@ impl Hub {
             let Ok(to) = self.client_name(&receipt.to) else { continue };
             if self.shares_inboxes() {
                 // Cluster mode: the sender's inbox may be held by any node.
-                let body = |_| Body::Receipt { id: receipt.id, to };
+                let message = |ts, _| Message::at(ts, Body::Receipt { id: receipt.id, to });
                 if let Err(error) = self.route_one(
                     &receipt.sender,
-                    body,
-                    None,
+                    message,
                     Origin::OPERATOR,
                     &mut None,
                     &mut RecipientCache::default(),
@@ -1142,7 +1135,9 @@ pub fn entry_message(name: &ClientName, entry: Entry) -> Option<(Arc<Message>, u
     let Entry { seq, record } = entry;
     let from = record.from.as_deref().and_then(|from| ClientName::parse(from).ok());
     let body = match record.kind {
-        RecordKind::Direct => Body::Direct { from: from?, to: name.clone(), text: record.text },
+        RecordKind::Direct => {
+            Body::Direct { from: from?, to: name.clone(), text: record.text.into() }
+        }
         RecordKind::Server => Body::Server { text: record.text.to_string(), broadcast: false },
         RecordKind::Broadcast => Body::Server { text: record.text.to_string(), broadcast: true },
         RecordKind::Binary => {

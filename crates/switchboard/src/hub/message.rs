@@ -18,6 +18,56 @@ use switchboard_protocol::v1::{self, EncodedDelivery, PresenceEvent};
 use switchboard_protocol::{binary, classic, ClientName, RoomName};
 use tungstenite::Utf8Bytes;
 
+/// A private message's text.
+#[derive(Debug, Clone)]
+pub enum DmText {
+    /// The text, shared with the durable store's record of it.
+    Shared(Arc<str>),
+    /// The bytes `start..end` of the message's classic frame (issue 6): a
+    /// classic DM whose `msg` was a string literal without escapes is
+    /// spliced into its recipient's frame as it is, so the text is there
+    /// and is not copied apart ([`classic::text_in_frame`]).
+    InClassicFrame {
+        /// Where the text starts in the frame.
+        start: u32,
+        /// Where it ends.
+        end: u32,
+    },
+}
+
+impl DmText {
+    /// The text's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            DmText::Shared(text) => text.len(),
+            DmText::InClassicFrame { start, end } => end.saturating_sub(*start) as usize,
+        }
+    }
+
+    /// Whether the text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Arc<str>> for DmText {
+    fn from(text: Arc<str>) -> DmText {
+        DmText::Shared(text)
+    }
+}
+
+impl From<&str> for DmText {
+    fn from(text: &str) -> DmText {
+        DmText::Shared(text.into())
+    }
+}
+
+impl From<String> for DmText {
+    fn from(text: String) -> DmText {
+        DmText::Shared(text.into())
+    }
+}
+
 /// What a message says and who it is from; the sender is always the hub's
 /// record of who sent it, never what the client claimed.
 #[derive(Debug)]
@@ -28,8 +78,8 @@ pub enum Body {
         from: ClientName,
         /// The recipient.
         to: ClientName,
-        /// The text, shared with the durable store's record of it.
-        text: Arc<str>,
+        /// The text: read it with [`Message::dm_text`].
+        text: DmText,
     },
     /// A message published to a room.
     Room {
@@ -120,7 +170,8 @@ impl Message {
     /// caller (a classic sender's DM, spliced from its own JSON by
     /// `classic::encode_direct_raw`), so the recipient's writer does not
     /// encode it again. `classic` must be what [`Message::classic_text`]
-    /// would produce for `body`, up to JSON string escaping.
+    /// would produce for `body`, up to JSON string escaping; a body whose
+    /// text is [`DmText::InClassicFrame`] comes with the frame it points into.
     pub fn with_classic(ts: u64, body: Body, classic: Option<String>) -> Message {
         let mut message = Message::at(ts, body);
         if let Some(text) = classic {
@@ -139,6 +190,27 @@ impl Message {
     /// Hub time at acceptance.
     pub fn ts(&self) -> u64 {
         self.ts
+    }
+
+    /// A private message's text; `None` for any other message.
+    pub fn dm_text(&self) -> Option<&str> {
+        match &self.body {
+            Body::Direct { text: DmText::Shared(text), .. } => Some(text),
+            Body::Direct { text: DmText::InClassicFrame { start, end }, .. } => {
+                // Never through `classic_encoded`: its cell's initialiser
+                // reads the text. A message built with its text in the
+                // frame is built with the frame (`with_classic`), and the
+                // frame leaves it only with the last reference.
+                let text = self
+                    .classic
+                    .get()
+                    .and_then(Option::as_ref)
+                    .and_then(|frame| frame.as_str().get(*start as usize..*end as usize));
+                debug_assert!(text.is_some(), "a DM's text points into a frame it lacks");
+                text
+            }
+            _ => None,
+        }
     }
 
     /// A size estimate used to charge the recipient's outbox.
@@ -185,8 +257,8 @@ impl Message {
 
     fn encode_classic(&self) -> Option<Utf8Bytes> {
         match &self.body {
-            Body::Direct { from, to, text } => {
-                Some(classic::encode_direct(from.as_str(), to.as_str(), text))
+            Body::Direct { from, to, .. } => {
+                Some(classic::encode_direct(from.as_str(), to.as_str(), self.dm_text()?))
             }
             Body::Room { room, from, text, .. } => Some(classic::encode_room(
                 room.as_str(),
@@ -204,7 +276,8 @@ impl Message {
     pub fn stored_text(&self) -> Arc<str> {
         let text = match &self.body {
             // Already shared: no copy and no cache.
-            Body::Direct { text, .. } => return Arc::clone(text),
+            Body::Direct { text: DmText::Shared(text), .. } => return Arc::clone(text),
+            Body::Direct { .. } => self.dm_text().unwrap_or_default(),
             Body::Room { text, .. } | Body::Server { text, .. } => text.as_str(),
             Body::Receipt { id, .. } => id.as_str(),
             Body::Presence { .. } | Body::Binary { .. } => "",
@@ -258,9 +331,11 @@ impl Message {
 
     fn delivery(&self) -> v1::Delivery<'_> {
         match &self.body {
-            Body::Direct { from, to, text } => {
-                v1::Delivery::Dm { from: from.as_str(), to: to.as_str(), text }
-            }
+            Body::Direct { from, to, .. } => v1::Delivery::Dm {
+                from: from.as_str(),
+                to: to.as_str(),
+                text: self.dm_text().unwrap_or_default(),
+            },
             Body::Room { room, from, text, rseq } => v1::Delivery::Room {
                 room: room.as_str(),
                 from: from.as_ref().map(ClientName::as_str),

@@ -51,7 +51,7 @@ use inbox::{Inbox, Inboxes};
 pub use durable::{entry_message, Accepted, AckMode, InboxInfo, OnCommit, SendMeta, UNSAVED_SWEEP};
 pub use event::{EventKind, HubEvent};
 pub use liveness::{Keepalive, Liveness};
-pub use message::{now_ms, Body, Message};
+pub use message::{now_ms, Body, DmText, Message};
 pub use outbox::{outbox, CloseStage, Closer, Outbox, OutboxReceiver, Outgoing, PushError, Replay};
 
 /// How many events a slow `/api/events` subscriber may fall behind before it
@@ -796,13 +796,14 @@ impl Hub {
     /// Routes one message to one name: a live or stored delivery here, or
     /// in cluster mode to the node that has the client.
     ///
-    /// `answer` is the sender's: when the outcome is only known later (a
-    /// shared inbox in cluster mode), the route takes it and runs it then.
+    /// `message` builds the message at a time for the recipient's name, once
+    /// the route has found it. `answer` is the sender's: when the outcome is
+    /// only known later (a shared inbox in cluster mode), the route takes it
+    /// and runs it then.
     fn route_one(
         &self,
         to: &str,
-        body: impl FnOnce(ClientName) -> Body,
-        classic: Option<String>,
+        message: impl FnOnce(u64, ClientName) -> Message,
         origin: Origin<'_>,
         answer: &mut Option<OnCommit>,
         recipient: &mut RecipientCache,
@@ -813,21 +814,22 @@ impl Hub {
             // Cluster mode with shared inboxes: this node numbers and stores
             // for the names it holds; Redis routes the rest.
             let Some(inbox) = inbox else {
-                return self.route_shared(to, body, origin, answer);
+                return self.route_shared(to, |name| message(ts(), name), origin, answer);
             };
-            let message =
-                Arc::new(Message::with_classic(ts(), body(inbox.name().clone()), classic));
+            let message = Arc::new(message(ts(), inbox.name().clone()));
             let accepted = self.deliver_kept(inbox, &message, origin)?;
             self.shared.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(accepted);
         }
         let Some(inbox) = inbox else {
             let offline = self.no_inbox(to);
-            return self.send_remote(to, offline, body).map(|()| Accepted::Live);
+            return self
+                .send_remote(to, offline, |name| message(ts(), name))
+                .map(|()| Accepted::Live);
         };
         // --- cluster (issue 8): a name known here may be online on another node.
         if self.bus().is_clustered() && inbox.lock().live.is_none() {
-            let message = Message::at(ts(), body(inbox.name().clone()));
+            let message = message(ts(), inbox.name().clone());
             return match self.bus().send_direct(to, &message) {
                 Ok(()) => {
                     self.shared.routed.fetch_add(1, Ordering::Relaxed);
@@ -840,7 +842,7 @@ impl Hub {
                 Err(other) => Err(other),
             };
         }
-        let message = Arc::new(Message::with_classic(ts(), body(inbox.name().clone()), classic));
+        let message = Arc::new(message(ts(), inbox.name().clone()));
         let accepted = self.deliver_kept(inbox, &message, origin)?;
         self.shared.routed.fetch_add(1, Ordering::Relaxed);
         Ok(accepted)
@@ -874,20 +876,21 @@ impl Hub {
         &self,
         from: &Client,
         to: &str,
-        text: Arc<str>,
+        text: DmText,
         classic: Option<String>,
         meta: SendMeta,
         recipient: &mut RecipientCache,
     ) -> Result<Accepted, RouteError> {
         self.send_as(from, meta, |hub, origin, answer| {
-            hub.route_one(
-                to,
-                |to| Body::Direct { from: from.name.clone(), to, text },
-                classic,
-                origin,
-                answer,
-                recipient,
-            )
+            // Built with its frame: the text may lie in it (`DmText`).
+            let message = |ts, to| {
+                Message::with_classic(
+                    ts,
+                    Body::Direct { from: from.name.clone(), to, text },
+                    classic,
+                )
+            };
+            hub.route_one(to, message, origin, answer, recipient)
         })
     }
 
@@ -903,8 +906,10 @@ impl Hub {
         meta: SendMeta,
     ) -> Result<Accepted, RouteError> {
         self.send_as(from, meta, |hub, origin, answer| {
-            let body = |_| Body::Binary { from: from.name.clone(), room: None, payload };
-            hub.route_one(to, body, None, origin, answer, &mut RecipientCache::default())
+            let message = |ts, _| {
+                Message::at(ts, Body::Binary { from: from.name.clone(), room: None, payload })
+            };
+            hub.route_one(to, message, origin, answer, &mut RecipientCache::default())
         })
     }
 
@@ -941,10 +946,10 @@ impl Hub {
         let mut answer: Option<OnCommit> = Some(Box::new(move |outcome| {
             let _ = tx.send(outcome);
         }));
-        let body = |_| Body::Server { text, broadcast: false };
+        let message = |ts, _| Message::at(ts, Body::Server { text, broadcast: false });
         let origin = Origin { confirm: true, ..Origin::OPERATOR };
         let accepted =
-            self.route_one(to, body, None, origin, &mut answer, &mut RecipientCache::default())?;
+            self.route_one(to, message, origin, &mut answer, &mut RecipientCache::default())?;
         if answer.is_none() {
             // The route took the answer: the outcome comes later.
             return rx.await.unwrap_or(Err(RouteError::ClusterUnavailable));
@@ -1418,15 +1423,14 @@ impl Hub {
         &self,
         to: &str,
         offline: RouteError,
-        body: impl FnOnce(ClientName) -> Body,
+        message: impl FnOnce(ClientName) -> Message,
     ) -> Result<(), RouteError> {
         let bus = self.bus();
         if !bus.is_clustered() {
             return Err(offline);
         }
         let Ok(name) = self.client_name(to) else { return Err(offline) };
-        let message = Message::new(body(name));
-        bus.send_direct(to, &message)?;
+        bus.send_direct(to, &message(name))?;
         self.shared.routed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -3,6 +3,7 @@
 use super::durable::KeptRecord;
 use super::*;
 use std::net::{Ipv4Addr, SocketAddr};
+use switchboard_protocol::classic;
 
 fn addr() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 1))
@@ -319,12 +320,38 @@ fn a_kept_record_is_charged_what_the_record_built_later_weighs() {
     }
 }
 
+/// A classic DM's text left in its frame (issue 6) reads as the text kept
+/// apart would, in every shape: v1, stored, cluster, size.
+#[test]
+fn a_dm_text_in_its_classic_frame_reads_as_a_text_kept_apart() {
+    let hub = Hub::new(HubLimits::default());
+    let name = |n: &str| hub.client_name(n).unwrap_or_else(|e| panic!("{e}"));
+    for sent in [r#"{"dst":"bob","msg":"hi bob, 5 > 4 ✓"}"#, r#"{"dst":"bob"}"#] {
+        let dm = classic::parse_direct(sent).expect("a DM");
+        let frame = classic::encode_direct_raw("alice", &dm.dst, &dm.msg_json);
+        let range = classic::text_in_frame(&dm, frame.len()).expect("verbatim");
+        let body = |text| Body::Direct { from: name("alice"), to: name("bob"), text };
+        let apart = Message::with_classic(7, body(DmText::from(&*dm.msg)), Some(frame.clone()));
+        let in_frame = DmText::InClassicFrame { start: range.start as u32, end: range.end as u32 };
+        let inside = Message::with_classic(7, body(in_frame), Some(frame));
+        assert_eq!(inside.dm_text(), Some(&*dm.msg));
+        assert_eq!(inside.dm_text(), apart.dm_text());
+        assert_eq!(inside.v1_text(3), apart.v1_text(3));
+        assert_eq!(inside.classic_text(), apart.classic_text());
+        assert_eq!(inside.stored_text(), apart.stored_text());
+        assert_eq!(inside.approximate_size(), apart.approximate_size());
+        assert_eq!(
+            crate::cluster::envelope_for(&inside, Some("bob")).map(|(_, bytes)| bytes),
+            crate::cluster::envelope_for(&apart, Some("bob")).map(|(_, bytes)| bytes)
+        );
+    }
+}
+
 #[test]
 fn a_writer_with_the_last_reference_gets_the_frames_the_cache_would_give() {
     let hub = Hub::new(HubLimits::default());
     let name = |n: &str| hub.client_name(n).unwrap_or_else(|e| panic!("{e}"));
-    let body =
-        || Body::Direct { from: name("alice"), to: name("bob"), text: Arc::from("hi \"bob\"") };
+    let body = || Body::Direct { from: name("alice"), to: name("bob"), text: "hi \"bob\"".into() };
     let reference = Message::at(7, body());
     let classic = reference.classic_text().map(str::to_owned);
     let v1 = reference.v1_text(42);

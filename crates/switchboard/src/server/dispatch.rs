@@ -11,7 +11,9 @@ use bytes::Bytes;
 use switchboard_protocol::v1::{self, AckStatus, ErrorCode, Reply, Request};
 use switchboard_protocol::{binary, classic};
 
-use crate::hub::{Accepted, Client, Hub, OnCommit, Outgoing, RecipientCache, RouteError, SendMeta};
+use crate::hub::{
+    Accepted, Client, DmText, Hub, OnCommit, Outgoing, RecipientCache, RouteError, SendMeta,
+};
 
 /// Handles one text frame from a classic client, read at `ts` (ms since the
 /// Unix epoch: the time its message is stamped with).
@@ -28,7 +30,14 @@ pub(crate) fn classic_text(
             // string (src stamped by the hub); a found recipient's name is
             // `dst` exactly, as the registry is keyed by name.
             let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
-            let msg = Arc::<str>::from(&*dm.msg);
+            // The text is kept apart only when the frame does not hold it
+            // as it is (issue 6: one allocation and copy less per DM).
+            let msg = match classic::text_in_frame(&dm, frame.len()) {
+                Some(text) => {
+                    DmText::InClassicFrame { start: text.start as u32, end: text.end as u32 }
+                }
+                None => DmText::Shared(Arc::from(&*dm.msg)),
+            };
             // Classic has no acks; a refusal known only later (cluster mode,
             // shared inboxes) still gets its notice. Elsewhere every refusal
             // is known at once: no closure on the hot path.
@@ -135,7 +144,7 @@ fn v1_dm(
 ) {
     let id = dm.id.as_deref();
     let meta = send_meta(client, id, dm.receipt, true, ts);
-    let text = Arc::<str>::from(&*dm.text);
+    let text = DmText::from(&*dm.text);
     if let Err(error) = hub.send_direct_encoded(client, &dm.to, text, None, meta, recipient) {
         reply(client, Reply::error(id, error_code(&error), error.to_string()));
     }
