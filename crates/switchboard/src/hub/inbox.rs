@@ -52,10 +52,12 @@ const UNSAVED_MAX: usize = 4096;
 /// messages to one name (a chat, a game peer) finds its inbox here, without
 /// the hub's lock, a hash lookup and a reference count per message.
 ///
-/// It holds one inbox at most, and gives it up once the inbox has left the
-/// registry: looking a name up here is the same as looking it up in the
-/// registry at that moment. A session's reader owns one; callers without one
-/// pass a fresh `RecipientCache::default()`.
+/// It holds one inbox at most, and gives it up at its next lookup once the
+/// inbox has left the registry: looking a name up here is the same as
+/// looking it up in the registry at that moment. Until then a departed
+/// client's inbox stays allocated, emptied of its ids ([`Inboxes::remove`]):
+/// a few hundred bytes per session at most. A session's reader owns one;
+/// callers without one pass a fresh `RecipientCache::default()`.
 #[derive(Debug, Default)]
 pub struct RecipientCache(Option<Arc<Inbox>>);
 
@@ -101,10 +103,14 @@ impl Inboxes {
         }
     }
 
-    /// Removes and retires `name`'s inbox.
+    /// Removes and retires `name`'s inbox, whose session has ended.
     pub(crate) fn remove(&mut self, name: &str) {
         if let Some(removed) = self.0.remove(name) {
             removed.retire();
+            // Its session sends no more, so its ids need no remembering;
+            // a `RecipientCache` may hold the inbox until that cache's next
+            // DM, and holds only its shell then.
+            removed.lock().recent = DedupWindow::default();
         }
     }
 }
@@ -575,8 +581,11 @@ mod tests {
         let second = Arc::new(Inbox::new(name("bob"), None, 7));
         inboxes.insert(name("bob"), second.clone());
         assert!(Arc::ptr_eq(&find(&mut cache, &inboxes, "bob").unwrap(), &second));
-        // The session ended (ephemeral): no inbox, and none held.
+        // The session ended (ephemeral): no inbox, and none held; the
+        // retired inbox, still held until the next lookup, forgot its ids.
+        second.lock().recent.insert("id-1", 0, 1000);
         inboxes.remove("bob");
+        assert!(second.lock().recent.insert("id-1", 0, 1000), "forgotten at removal");
         assert!(find(&mut cache, &inboxes, "bob").is_none());
         // Only the second "bob" was answered from the cache.
         assert_eq!(lookups, 5);
