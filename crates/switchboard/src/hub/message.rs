@@ -19,7 +19,7 @@ use switchboard_protocol::{binary, classic, ClientName, RoomName};
 use tungstenite::Utf8Bytes;
 
 /// A private message's text.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum DmText {
     /// The text, shared with the durable store's record of it.
     Shared(Arc<str>),
@@ -36,6 +36,14 @@ pub enum DmText {
 }
 
 impl DmText {
+    /// The text at `range` of its message's classic frame; `None` when the
+    /// frame is too large for the range to be kept in 32 bits.
+    pub fn in_classic_frame(range: std::ops::Range<usize>) -> Option<DmText> {
+        let start = u32::try_from(range.start).ok()?;
+        let end = u32::try_from(range.end).ok()?;
+        Some(DmText::InClassicFrame { start, end })
+    }
+
     /// The text's length in bytes.
     pub fn len(&self) -> usize {
         match self {

@@ -867,8 +867,10 @@ impl Hub {
 
     /// As [`Hub::send_direct`], with the classic frame already encoded by the
     /// caller (issue 6: a classic DM is spliced from the sender's JSON, not
-    /// re-escaped); see [`Message::with_classic`]. The recipient's inbox is
-    /// looked up through the sender session's `recipient` cache.
+    /// re-escaped); see [`Message::with_classic`]. A `text` in the classic
+    /// frame ([`DmText::InClassicFrame`]) comes with that frame. The
+    /// recipient's inbox is looked up through the sender session's
+    /// `recipient` cache.
     ///
     /// # Errors
     /// As [`Hub::send_direct`].
@@ -881,6 +883,10 @@ impl Hub {
         meta: SendMeta,
         recipient: &mut RecipientCache,
     ) -> Result<Accepted, RouteError> {
+        debug_assert!(
+            classic.is_some() || matches!(text, DmText::Shared(_)),
+            "a DM's text in a classic frame it was not given"
+        );
         self.send_as(from, meta, |hub, origin, answer| {
             // Built with its frame: the text may lie in it (`DmText`).
             let message = |ts, to| {

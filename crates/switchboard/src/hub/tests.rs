@@ -332,7 +332,7 @@ fn a_dm_text_in_its_classic_frame_reads_as_a_text_kept_apart() {
         let range = classic::text_in_frame(&dm, frame.len()).expect("verbatim");
         let body = |text| Body::Direct { from: name("alice"), to: name("bob"), text };
         let apart = Message::with_classic(7, body(DmText::from(&*dm.msg)), Some(frame.clone()));
-        let in_frame = DmText::InClassicFrame { start: range.start as u32, end: range.end as u32 };
+        let in_frame = DmText::in_classic_frame(range).expect("a small frame");
         let inside = Message::with_classic(7, body(in_frame), Some(frame));
         assert_eq!(inside.dm_text(), Some(&*dm.msg));
         assert_eq!(inside.dm_text(), apart.dm_text());

@@ -32,12 +32,9 @@ pub(crate) fn classic_text(
             let frame = classic::encode_direct_raw(client.name().as_str(), &dm.dst, &dm.msg_json);
             // The text is kept apart only when the frame does not hold it
             // as it is (issue 6: one allocation and copy less per DM).
-            let msg = match classic::text_in_frame(&dm, frame.len()) {
-                Some(text) => {
-                    DmText::InClassicFrame { start: text.start as u32, end: text.end as u32 }
-                }
-                None => DmText::Shared(Arc::from(&*dm.msg)),
-            };
+            let msg = classic::text_in_frame(&dm, frame.len())
+                .and_then(DmText::in_classic_frame)
+                .unwrap_or_else(|| DmText::Shared(Arc::from(&*dm.msg)));
             // Classic has no acks; a refusal known only later (cluster mode,
             // shared inboxes) still gets its notice. Elsewhere every refusal
             // is known at once: no closure on the hot path.
