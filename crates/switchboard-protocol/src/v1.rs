@@ -526,12 +526,36 @@ impl Reply {
     /// Encodes the reply as a JSON text frame.
     pub fn encode(&self) -> String {
         if let Reply::Ack { id, status } = self {
-            if let Some(ack) = ack_frame(id, *status) {
-                return ack;
-            }
+            return Reply::ack_frame(id, *status);
         }
         // Serialising these types cannot fail: no maps with non-string keys.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The frame of `Reply::Ack { id, status }`, encoded from a borrowed id:
+    /// one per message sent with an id, so the hub keeps the id shared
+    /// rather than copying it into a `Reply`, and the keys are written as
+    /// they are rather than escaped by serde on every call (issue 6); the id
+    /// is escaped by serde_json.
+    ///
+    /// ```
+    /// use switchboard_protocol::v1::{AckStatus, Reply};
+    /// let frame = Reply::ack_frame("7\"", Some(AckStatus::Live));
+    /// assert_eq!(frame, Reply::ack_with("7\"", AckStatus::Live).encode());
+    /// assert_eq!(frame, r#"{"type":"ack","id":"7\"","status":"live"}"#);
+    /// ```
+    pub fn ack_frame(id: &str, status: Option<AckStatus>) -> String {
+        let mut out = Vec::with_capacity(48 + id.len());
+        out.extend_from_slice(br#"{"type":"ack","id":"#);
+        // Writing a string to a Vec cannot fail, and serde_json writes UTF-8.
+        let _ = serde_json::to_writer(&mut out, id);
+        if let Some(status) = status {
+            out.extend_from_slice(br#","status":""#);
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// A plain `ack` reply, without status.
@@ -740,22 +764,6 @@ fn write_dm_tail(out: &mut Vec<u8>, ts: u64, from: &str, to: &str, text: &str) -
     serde_json::to_writer(&mut *out, text).ok()?;
     out.push(b'}');
     Some(())
-}
-
-/// An `ack` (one per message sent with an id) as serde writes it, with the
-/// keys written as they are instead of escaped on every call (issue 6); the
-/// id is still escaped by serde_json. `None` never happens in practice.
-fn ack_frame(id: &str, status: Option<AckStatus>) -> Option<String> {
-    let mut out = Vec::with_capacity(48 + id.len());
-    out.extend_from_slice(br#"{"type":"ack","id":"#);
-    serde_json::to_writer(&mut out, id).ok()?;
-    if let Some(status) = status {
-        out.extend_from_slice(br#","status":""#);
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b'"');
-    }
-    out.push(b'}');
-    String::from_utf8(out).ok()
 }
 
 fn head_for(kind: &'static str) -> &'static str {

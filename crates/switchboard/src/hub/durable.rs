@@ -75,7 +75,8 @@ pub type OnCommit = Box<dyn FnOnce(Result<Accepted, RouteError>) + Send>;
 #[derive(Default)]
 pub struct SendMeta {
     /// The client's id for the message: deduplication, receipts and acks.
-    pub id: Option<String>,
+    /// Shared, not copied, by the answer and the commit's completion.
+    pub id: Option<Arc<str>>,
     /// Send a receipt to the sender when the recipient acknowledges it.
     pub receipt: bool,
     /// Runs once the message is durable (at once when nothing is stored).
@@ -492,9 +493,12 @@ impl Hub {
             ts: meta.ts,
         };
         let mut answer = match (meta.on_commit.take(), &meta.id) {
-            // An id whose send failed later (a cluster route, a commit) is
-            // forgotten, so the sender's retry is not a "duplicate".
-            (Some(answer), Some(id)) => {
+            // An id whose send failed later is forgotten, so the sender's
+            // retry is not a "duplicate". Only a cluster route takes the
+            // answer away to run it later, so only then is it wrapped (an
+            // allocation and an id copy per send, issue 6); a failed commit
+            // forgets the id in the store's completion below.
+            (Some(answer), Some(id)) if self.shared.bus.get().is_some() => {
                 let inbox = from.inbox.clone();
                 let id = id.clone();
                 Some(Box::new(move |outcome: Result<Accepted, RouteError>| {
@@ -506,6 +510,7 @@ impl Hub {
             }
             (answer, _) => answer,
         };
+        let had_answer = answer.is_some();
         let accepted = match route(self, origin, &mut answer) {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -515,6 +520,10 @@ impl Hub {
                 return Err(error);
             }
         };
+        debug_assert!(
+            self.shared.bus.get().is_some() || answer.is_some() == had_answer,
+            "only a cluster route takes the answer"
+        );
         let Some(id) = meta.id else {
             if let Some(answer) = answer {
                 answer(Ok(accepted));
@@ -546,6 +555,7 @@ impl Hub {
                 });
                 // Held with its delivery: answered once the recipient has
                 // acknowledged it (or it was handed over) and committed.
+                let id = id.to_string();
                 let (id, then) = match held.into_inner() {
                     Some((inbox, seq)) => {
                         let confirm = Confirm { sender: from.name.to_shared(), id, then };

@@ -223,27 +223,30 @@ fn send_meta(
     with_status: bool,
     ts: u64,
 ) -> SendMeta {
-    let on_commit = id.map(|id| -> OnCommit {
+    // One copy of the id, shared by the hub and the answer (issue 6).
+    let id: Option<Arc<str>> = id.map(Arc::from);
+    let on_commit = id.clone().map(|id| -> OnCommit {
         let outbox = client.outbox().clone();
-        let id = id.to_owned();
         Box::new(move |outcome| {
-            let reply = match outcome {
-                Ok(accepted) => Reply::Ack {
-                    status: match accepted {
+            let frame = match outcome {
+                Ok(accepted) => Reply::ack_frame(
+                    &id,
+                    match accepted {
                         Accepted::Duplicate => Some(AckStatus::Duplicate),
                         _ if !with_status => None,
                         Accepted::Live => Some(AckStatus::Live),
                         Accepted::Stored => Some(AckStatus::Stored),
                     },
-                    id,
-                },
-                Err(error) => Reply::error(Some(&id), error_code(&error), error.to_string()),
+                ),
+                Err(error) => {
+                    Reply::error(Some(&id), error_code(&error), error.to_string()).encode()
+                }
             };
             // A full outbox closes the client; the ack is lost with the connection.
-            let _ = outbox.push(Outgoing::Text(reply.encode()));
+            let _ = outbox.push(Outgoing::Text(frame));
         })
     });
-    SendMeta { id: id.map(str::to_owned), receipt, on_commit, ts: Some(ts) }
+    SendMeta { id, receipt, on_commit, ts: Some(ts) }
 }
 
 fn answer(client: &Client, id: Option<&str>, outcome: Result<Option<Reply>, RouteError>) {
