@@ -32,6 +32,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use compact_str::CompactString;
 use switchboard_protocol::ClientName;
 
 use super::durable::record_of;
@@ -459,9 +460,9 @@ impl InboxState {
 /// the hot path of v1 DMs with ids (issue 6). Ids live in a ring in send
 /// order, each numbered by its place in the sequence of inserts; the table
 /// holds those numbers under the id's hash. An eviction finds its entry by
-/// number, never by comparing strings, and its buffer takes the new id: no
-/// allocation per send once the window is full, and no touch of memory
-/// thousands of sends old besides the evicted slot itself.
+/// number, never by comparing strings. Ids of up to 24 bytes are kept in
+/// their slot: no allocation per send, and no touch of memory thousands of
+/// sends old besides the evicted slot itself.
 #[derive(Debug, Default)]
 pub(crate) struct DedupWindow {
     /// Insert numbers of the ids in the window, by hash.
@@ -478,7 +479,9 @@ pub(crate) struct DedupWindow {
 struct Remembered {
     at_ms: u64,
     hash: u64,
-    id: String,
+    /// Inline up to 24 bytes: the ring is walked in order, where a heap
+    /// string per id would be a miss at a random address (issue 6).
+    id: CompactString,
 }
 
 impl DedupWindow {
@@ -512,7 +515,6 @@ impl DedupWindow {
     /// window already (a duplicate): one hash and one lookup for both the
     /// check and the insert (issue 6).
     pub(crate) fn insert(&mut self, id: &str, now_ms: u64, window_ms: u64) -> bool {
-        let mut spare = None;
         while let Some(oldest) = self.ring.front() {
             if self.ring.len() < DEDUP_IDS && now_ms.saturating_sub(oldest.at_ms) <= window_ms {
                 break;
@@ -521,21 +523,14 @@ impl DedupWindow {
             if let Ok(entry) = self.ids.find_entry(oldest.hash, |&kept| kept == number) {
                 entry.remove();
             }
-            spare = self.ring.pop_front().map(|evicted| evicted.id);
+            self.ring.pop_front();
             self.first += 1;
         }
         let hash = self.hasher.hash_one(id);
         if self.find(hash, id).is_some() {
             return false;
         }
-        let id = match spare {
-            Some(mut buffer) => {
-                buffer.clear();
-                buffer.push_str(id);
-                buffer
-            }
-            None => id.to_owned(),
-        };
+        let id = CompactString::new(id);
         let number = self.first + self.ring.len() as u64;
         self.ring.push_back(Remembered { at_ms: now_ms, hash, id });
         let (ring, first) = (&self.ring, self.first);
