@@ -424,8 +424,6 @@ struct Shared {
     limits: HubLimits,
     /// Source of session ids.
     next_session: AtomicU64,
-    /// Messages accepted for routing since start (for metrics and the console).
-    routed: AtomicU64,
     /// Cluster mode (issue 8): the bus to the other nodes; unset on a single node.
     bus: OnceLock<Arc<dyn Bus>>,
     /// Issue 7: the durable store; unset in ephemeral mode.
@@ -527,7 +525,6 @@ impl Hub {
                 events,
                 limits,
                 next_session: AtomicU64::new(1),
-                routed: AtomicU64::new(0),
                 bus: OnceLock::new(),
                 store: OnceLock::new(),
                 stored_bytes: AtomicU64::new(0),
@@ -578,11 +575,6 @@ impl Hub {
             bus.announce(&event);
         }
         let _ = self.shared.events.send(event);
-    }
-
-    /// Messages accepted for routing since the hub started.
-    pub fn routed_count(&self) -> u64 {
-        self.shared.routed.load(Ordering::Relaxed)
     }
 
     /// Registers a client under `name`, reserving the name until the
@@ -817,9 +809,7 @@ impl Hub {
                 return self.route_shared(to, |name| message(ts(), name), origin, answer);
             };
             let message = Arc::new(message(ts(), inbox.name().clone()));
-            let accepted = self.deliver_kept(inbox, &message, origin)?;
-            self.shared.routed.fetch_add(1, Ordering::Relaxed);
-            return Ok(accepted);
+            return self.deliver_kept(inbox, &message, origin);
         }
         let Some(inbox) = inbox else {
             let offline = self.no_inbox(to);
@@ -831,10 +821,7 @@ impl Hub {
         if self.bus().is_clustered() && inbox.lock().live.is_none() {
             let message = message(ts(), inbox.name().clone());
             return match self.bus().send_direct(to, &message) {
-                Ok(()) => {
-                    self.shared.routed.fetch_add(1, Ordering::Relaxed);
-                    Ok(Accepted::Live)
-                }
+                Ok(()) => Ok(Accepted::Live),
                 Err(RouteError::Offline(_)) => {
                     let message = Arc::new(message);
                     self.deliver_kept(inbox, &message, origin)
@@ -843,9 +830,7 @@ impl Hub {
             };
         }
         let message = Arc::new(message(ts(), inbox.name().clone()));
-        let accepted = self.deliver_kept(inbox, &message, origin)?;
-        self.shared.routed.fetch_add(1, Ordering::Relaxed);
-        Ok(accepted)
+        self.deliver_kept(inbox, &message, origin)
     }
 
     /// Routes a private message from `from` to the client named `to`.
@@ -1191,7 +1176,6 @@ impl Hub {
             delivered += usize::from(member.deliver(&message).is_ok());
         });
         drop(state);
-        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
         // --- cluster (issue 8): once to the bus; each node delivers to its members.
         Ok(delivered + self.bus().publish_all(&message)?)
     }
@@ -1437,7 +1421,6 @@ impl Hub {
         }
         let Ok(name) = self.client_name(to) else { return Err(offline) };
         bus.send_direct(to, &message(name))?;
-        self.shared.routed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1470,9 +1453,7 @@ impl Hub {
     pub fn deliver_from_cluster(&self, to: &str, body: Body) {
         if let Some(inbox) = self.inbox_of(to) {
             let message = Arc::new(Message::new(body));
-            if self.deliver_kept(&inbox, &message, Origin::OPERATOR).is_ok() {
-                self.shared.routed.fetch_add(1, Ordering::Relaxed);
-            }
+            let _ = self.deliver_kept(&inbox, &message, Origin::OPERATOR);
         }
     }
 
@@ -1493,7 +1474,6 @@ impl Hub {
             delivered += usize::from(kept.is_ok());
         });
         drop(state);
-        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -1505,12 +1485,10 @@ impl Hub {
             return;
         }
         let message = Arc::new(Message::new(body));
-        let mut delivered = 0;
         prefetch::for_each_client(entry.members.values(), |member| {
-            delivered += usize::from(member.deliver(&message).is_ok());
+            // A member whose outbox overflowed is being closed.
+            let _ = member.deliver(&message);
         });
-        drop(state);
-        self.shared.routed.fetch_add(delivered as u64, Ordering::Relaxed);
     }
 
     /// Disconnects a local client at another node's request.
