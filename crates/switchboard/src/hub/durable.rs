@@ -359,14 +359,22 @@ impl Hub {
     /// pushed to the live session if there is one. Kept means appended to
     /// the store, or, for a live delivery no sender waits for, held by the
     /// inbox until acknowledged or handed to the store (see `inbox.rs`).
+    ///
+    /// Takes the message: when nothing keeps it (no store, or a kind that
+    /// is not stored), it moves into the outbox, with no reference count
+    /// taken and dropped per delivery (issue 6).
     pub(crate) fn deliver_kept(
         &self,
         inbox: &Arc<Inbox>,
-        message: &Arc<Message>,
+        message: Arc<Message>,
         origin: Origin<'_>,
     ) -> Result<Accepted, RouteError> {
-        let kept = KeptRecord::new(message, inbox.store().is_some());
-        self.deliver_kept_as(inbox, message, &kept, origin)
+        let kept = KeptRecord::new(&message, inbox.store().is_some());
+        if kept.size.is_none() {
+            drop(kept);
+            return deliver_unkept(inbox, message);
+        }
+        self.deliver_kept_as(inbox, &message, &kept, origin)
     }
 
     /// What the store keeps of `message` when this hub is durable, to hand
@@ -385,18 +393,11 @@ impl Hub {
         kept: &KeptRecord<'_>,
         origin: Origin<'_>,
     ) -> Result<Accepted, RouteError> {
+        let (Some(store), Some(size)) = (inbox.store(), kept.size) else {
+            return deliver_unkept(inbox, Arc::clone(message));
+        };
         let name = inbox.name();
         let mut state = inbox.lock();
-        let (Some(store), Some(size)) = (inbox.store(), kept.size) else {
-            if state.live.is_none() {
-                return Err(RouteError::Offline(name.to_string()));
-            }
-            let seq = inbox.take_seq(&mut state);
-            return match state.push_live(message, seq, false) {
-                Ok(_) => Ok(Accepted::Live),
-                Err(_) => Err(RouteError::RecipientOverflow(name.to_string())),
-            };
-        };
         let limits = &self.shared.limits;
         let (depth, bytes) = state.unacknowledged();
         if depth + 1 > limits.inbox_max_messages || bytes + size > limits.inbox_max_bytes {
@@ -458,7 +459,7 @@ impl Hub {
         state.bytes += size;
         self.shared.stored_bytes.fetch_add(size, Ordering::Relaxed);
         // An overflowing session is being closed; the entry waits for the next one.
-        let _ = state.push_live(message, seq, true);
+        let _ = state.push_live(Arc::clone(message), seq, true);
         Ok(if online { Accepted::Live } else { Accepted::Stored })
     }
 
@@ -1054,10 +1055,24 @@ impl Hub {
             }
             let Some(inbox) = self.inbox_of(&receipt.sender) else { continue };
             let message = Arc::new(Message::new(Body::Receipt { id: receipt.id, to }));
-            if let Err(error) = self.deliver_kept(&inbox, &message, Origin::OPERATOR) {
+            if let Err(error) = self.deliver_kept(&inbox, message, Origin::OPERATOR) {
                 tracing::warn!(sender = %receipt.sender, %error, "delivery receipt dropped");
             }
         }
+    }
+}
+
+/// A delivery nothing keeps (no durable store, or a kind that is not
+/// stored): a seq, then the live session's outbox.
+fn deliver_unkept(inbox: &Inbox, message: Arc<Message>) -> Result<Accepted, RouteError> {
+    let mut state = inbox.lock();
+    if state.live.is_none() {
+        return Err(RouteError::Offline(inbox.name().to_string()));
+    }
+    let seq = inbox.take_seq(&mut state);
+    match state.push_live(message, seq, false) {
+        Ok(_) => Ok(Accepted::Live),
+        Err(_) => Err(RouteError::RecipientOverflow(inbox.name().to_string())),
     }
 }
 

@@ -248,7 +248,7 @@ impl Inbox {
             return Ok(false);
         }
         let seq = self.take_seq(&mut state);
-        state.push_live(message, seq, false)
+        state.push_live(Arc::clone(message), seq, false)
     }
 
     /// Hands out the next seq, extending the lease in the store when more
@@ -440,14 +440,14 @@ impl InboxState {
     /// Pushes a delivery to the live session, if any. `Ok(false)` when offline.
     pub(crate) fn push_live(
         &self,
-        message: &Arc<Message>,
+        message: Arc<Message>,
         seq: u64,
         stored: bool,
     ) -> Result<bool, PushError> {
         match &self.live {
-            Some((_, outbox)) => outbox
-                .push(Outgoing::Deliver { message: message.clone(), seq, stored })
-                .map(|()| true),
+            Some((_, outbox)) => {
+                outbox.push(Outgoing::Deliver { message, seq, stored }).map(|()| true)
+            }
             None => Ok(false),
         }
     }

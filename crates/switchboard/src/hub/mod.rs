@@ -809,7 +809,7 @@ impl Hub {
                 return self.route_shared(to, |name| message(ts(), name), origin, answer);
             };
             let message = Arc::new(message(ts(), inbox.name().clone()));
-            return self.deliver_kept(inbox, &message, origin);
+            return self.deliver_kept(inbox, message, origin);
         }
         let Some(inbox) = inbox else {
             let offline = self.no_inbox(to);
@@ -822,15 +822,12 @@ impl Hub {
             let message = message(ts(), inbox.name().clone());
             return match self.bus().send_direct(to, &message) {
                 Ok(()) => Ok(Accepted::Live),
-                Err(RouteError::Offline(_)) => {
-                    let message = Arc::new(message);
-                    self.deliver_kept(inbox, &message, origin)
-                }
+                Err(RouteError::Offline(_)) => self.deliver_kept(inbox, Arc::new(message), origin),
                 Err(other) => Err(other),
             };
         }
         let message = Arc::new(message(ts(), inbox.name().clone()));
-        self.deliver_kept(inbox, &message, origin)
+        self.deliver_kept(inbox, message, origin)
     }
 
     /// Routes a private message from `from` to the client named `to`.
@@ -1452,8 +1449,7 @@ impl Hub {
     /// Delivers a message from another node to the local client `to`.
     pub fn deliver_from_cluster(&self, to: &str, body: Body) {
         if let Some(inbox) = self.inbox_of(to) {
-            let message = Arc::new(Message::new(body));
-            let _ = self.deliver_kept(&inbox, &message, Origin::OPERATOR);
+            let _ = self.deliver_kept(&inbox, Arc::new(Message::new(body)), Origin::OPERATOR);
         }
     }
 
