@@ -1466,6 +1466,7 @@ impl Hub {
         let state = self.state();
         let mut delivered = 0;
         prefetch::for_each_client(state.clients.values().map(|slot| &slot.client), |client| {
+            let message = Arc::clone(message);
             let kept = self.deliver_kept_as(&client.inbox, message, &record, Origin::OPERATOR);
             delivered += usize::from(kept.is_ok());
         });

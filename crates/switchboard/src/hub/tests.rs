@@ -309,7 +309,7 @@ fn a_kept_record_is_charged_what_the_record_built_later_weighs() {
         let message = Message::new(body);
         let kept = KeptRecord::new(&message, true);
         let size = kept.size.unwrap_or_else(|| panic!("{message:?} is kept"));
-        assert_eq!(size, kept.record().size() as u64, "{message:?}");
+        assert_eq!(size, kept.record(&message).size() as u64, "{message:?}");
         assert_eq!(KeptRecord::new(&message, false).size, None, "ephemeral: nothing kept");
     }
     for body in [
