@@ -489,13 +489,14 @@ impl Hub {
             held: Some(&held),
             ts: meta.ts,
         };
+        let clustered = self.shared.bus.get().is_some() || self.shares_inboxes();
         let mut answer = match (meta.on_commit.take(), &meta.id) {
             // An id whose send failed later is forgotten, so the sender's
             // retry is not a "duplicate". Only a cluster route takes the
             // answer away to run it later, so only then is it wrapped (an
             // allocation and an id copy per send, issue 6); a failed commit
             // forgets the id in the store's completion below.
-            (Some(answer), Some(id)) if self.shared.bus.get().is_some() => {
+            (Some(answer), Some(id)) if clustered => {
                 let inbox = from.inbox.clone();
                 let id = id.clone();
                 Some(Box::new(move |outcome: Result<Accepted, RouteError>| {
@@ -518,7 +519,7 @@ impl Hub {
             }
         };
         debug_assert!(
-            self.shared.bus.get().is_some() || answer.is_some() == had_answer,
+            clustered || answer.is_some() == had_answer,
             "only a cluster route takes the answer"
         );
         let Some(id) = meta.id else {
