@@ -630,7 +630,14 @@ mod tests {
         let (mut full, mut aged) = (false, false);
         for step in 0..15_000 {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let id = format!("m{}", (state >> 33) % 6000);
+            // Short ids (kept inline in the ring) and, for a third of the
+            // numbers, ids longer than 24 bytes (kept on the heap).
+            let n = (state >> 33) % 6000;
+            let id = if n % 3 == 0 {
+                format!("f47ac10b-58cc-4372-a567-{n:012}")
+            } else {
+                format!("m{n}")
+            };
             now += (state >> 20) % 5;
             let window_ms = 20_000;
             match (state >> 60) % 8 {
