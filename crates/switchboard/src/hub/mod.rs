@@ -1449,7 +1449,10 @@ impl Hub {
     /// Delivers a message from another node to the local client `to`.
     pub fn deliver_from_cluster(&self, to: &str, body: Body) {
         if let Some(inbox) = self.inbox_of(to) {
-            let _ = self.deliver_kept(&inbox, Arc::new(Message::new(body)), Origin::OPERATOR);
+            let message = Arc::new(Message::new(body));
+            if let Err(error) = self.deliver_kept(&inbox, message, Origin::OPERATOR) {
+                tracing::warn!(%to, %error, "a message from another node was not delivered");
+            }
         }
     }
 

@@ -34,7 +34,7 @@ pub(crate) fn classic_text(
             // as it is (issue 6: one allocation and copy less per DM).
             let msg = classic::text_in_frame(&dm, frame.len())
                 .and_then(DmText::in_classic_frame)
-                .unwrap_or_else(|| DmText::Shared(Arc::from(&*dm.msg)));
+                .unwrap_or_else(|| DmText::from(&*dm.msg));
             // Classic has no acks; a refusal known only later (cluster mode,
             // shared inboxes) still gets its notice. Elsewhere every refusal
             // is known at once: no closure on the hot path.
