@@ -45,6 +45,73 @@ struct DirectShape<'a> {
     msg: Option<&'a RawValue>,
 }
 
+/// The common DM read in one pass: `msg` as the text between its quotes,
+/// borrowed when it has no escapes, which serde then knows from its own
+/// scan (a `RawValue` would be scanned, then searched for a backslash).
+#[derive(Deserialize)]
+struct PlainDirectShape<'a> {
+    #[serde(borrow)]
+    dst: Option<Borrowed<'a>>,
+    #[serde(default, borrow)]
+    msg: PlainMsg<'a>,
+}
+
+/// A DM's `msg` as the one-pass read sees it.
+#[derive(Default)]
+enum PlainMsg<'a> {
+    /// Absent or `null`: the empty text.
+    #[default]
+    Empty,
+    /// A string without escapes: its text, borrowed from the frame.
+    Plain(&'a str),
+    /// Anything else (an escaped string, a number, an object...): read
+    /// again, as the client's JSON text, by the full parse.
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PlainMsg<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct PlainVisitor<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> Visitor<'de> for PlainVisitor<'a> {
+            type Value = PlainMsg<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Plain(text))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Empty)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(PlainMsg::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(PlainMsg::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(PlainMsg::Other)
+            }
+        }
+        deserializer.deserialize_any(PlainVisitor(std::marker::PhantomData))
+    }
+}
+
 /// A classic private message as parsed by [`parse_direct`]: borrowed from the
 /// frame where possible, with `msg` also kept as the JSON text the client
 /// wrote, so that a classic recipient's frame can be built without escaping
@@ -79,6 +146,39 @@ pub fn parse_direct(text: &str) -> Option<RawDirect<'_>> {
     if !text.trim_start().starts_with('{') {
         return None;
     }
+    let PlainDirectShape { dst, msg } = serde_json::from_str(text).ok()?;
+    let Borrowed(dst) = dst?;
+    match msg {
+        PlainMsg::Empty => {
+            return Some(RawDirect { dst, msg: Cow::Borrowed(""), msg_json: Cow::Borrowed("\"\"") })
+        }
+        PlainMsg::Plain(inner) => {
+            // serde hands out a borrowed string only as a slice of `text`,
+            // between its quotes: the literal is that slice and its quotes.
+            if let Some(literal) = enclosing_literal(text, inner) {
+                return Some(RawDirect {
+                    dst,
+                    msg: Cow::Borrowed(inner),
+                    msg_json: Cow::Borrowed(literal),
+                });
+            }
+        }
+        PlainMsg::Other => {}
+    }
+    parse_direct_full(text)
+}
+
+/// `inner`'s quoted literal in `text`, if `inner` is a slice of `text`
+/// between two quotes.
+fn enclosing_literal<'a>(text: &'a str, inner: &str) -> Option<&'a str> {
+    let start = (inner.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let literal = text.get(start.checked_sub(1)?..start + inner.len() + 1)?;
+    (literal.starts_with('"') && literal.ends_with('"')).then_some(literal)
+}
+
+/// [`parse_direct`] for any `msg`: kept as the client's JSON text, then
+/// unescaped or turned into compact text as it needs.
+fn parse_direct_full(text: &str) -> Option<RawDirect<'_>> {
     let DirectShape { dst, msg } = serde_json::from_str::<DirectShape<'_>>(text).ok()?;
     let Borrowed(dst) = dst?;
     let (msg, msg_json) = match msg.map(RawValue::get) {
@@ -309,6 +409,39 @@ mod tests {
             let expected: serde_json::Value =
                 serde_json::from_str(&encode_direct("C1我", &dst, &msg)).unwrap_or_default();
             assert_eq!(spliced, expected, "{frame}");
+        }
+    }
+
+    #[test]
+    fn the_one_pass_read_agrees_with_the_full_parse() {
+        let frames = [
+            r#"{"dst":"b","msg":"hi"}"#,
+            r#"{"dst":"b","msg":""}"#,
+            r#"{"dst":"b","msg":"ünïcødé 名前 🎉"}"#,
+            r#"{"msg":"first","dst":"b"}"#,
+            r#"{ "dst" : "b" , "msg" : "spaced" }"#,
+            r#"{"dst":"b","msg":"a \"b\""}"#,
+            r#"{"dst":"b","msg":"\u00e9"}"#,
+            r#"{"dst":"b","msg":null}"#,
+            r#"{"dst":"b","msg":true}"#,
+            r#"{"dst":"b","msg":-1.5e3}"#,
+            r#"{"dst":"b","msg":18446744073709551615}"#,
+            r#"{"dst":"b","msg":[1,[2,{"x":"y"}]]}"#,
+            r#"{"dst":"b","msg":{"a":{"b":[null]}}}"#,
+            r#"{"dst":"b","other":{"msg":"inner"},"msg":"outer"}"#,
+            r#"{"dst":"b","msg":"one","msg":"two"}"#,
+            r#"{"dst":"b","msg":"x""#,
+            r#"{"dst":"b","msg":"x"} trailing"#,
+            r#"{"dst":null,"msg":"x"}"#,
+        ];
+        for (i, frame) in frames.into_iter().enumerate() {
+            let one_pass = parse_direct(frame);
+            assert_eq!(one_pass, parse_direct_full(frame), "{frame}");
+            // The first five have a string without escapes: nothing copied.
+            if i < 5 {
+                let dm = one_pass.expect("a DM");
+                assert!(matches!(dm.msg_json, Cow::Borrowed(_)), "{frame}");
+            }
         }
     }
 
