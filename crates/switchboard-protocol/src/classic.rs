@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::borrowed::Borrowed;
+use crate::json_text::push_json_str;
 
 /// What a classic client's text frame asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,33 +295,6 @@ pub fn text_in_frame(dm: &RawDirect<'_>, frame_len: usize) -> Option<std::ops::R
     Some(end.checked_sub(dm.msg.len())?..end)
 }
 
-/// Appends `value` as a JSON string literal, escaped by serde.
-fn push_json_str(out: &mut String, value: &str) {
-    /// Lets serde write into a `String`: serde's formatter only ever writes
-    /// whole UTF-8 sequences, and the chunks are short (names).
-    struct Utf8Writer<'a>(&'a mut String);
-    impl std::io::Write for Utf8Writer<'_> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
-            self.0.push_str(text);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    // What serde would write unchanged (validated names always are): no
-    // byte needs escaping, so the literal is the text in quotes.
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(value);
-        out.push('"');
-        return;
-    }
-    // Serialising a &str cannot fail.
-    let _ = serde_json::to_writer(Utf8Writer(out), value);
-}
-
 /// The plain-text notice a classic sender gets when its recipient is not online.
 pub fn offline_notice(dst: &str) -> String {
     format!("switchboard: {dst} is not online; message not delivered")
@@ -363,28 +337,6 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(&parse(text), expected, "{text}");
-        }
-    }
-
-    #[test]
-    fn json_string_literals_match_serde_with_and_without_escapes() {
-        let values = [
-            "alice",
-            "",
-            "ünïcødé 名前",
-            "a\"b",
-            "back\\slash",
-            "tab\there",
-            "nl\n",
-            "\u{1f}",
-            "\u{7f}del",
-            "emoji 🎉",
-            "</script>",
-        ];
-        for value in values {
-            let mut out = String::new();
-            push_json_str(&mut out, value);
-            assert_eq!(out, serde_json::to_string(value).unwrap(), "{value:?}");
         }
     }
 

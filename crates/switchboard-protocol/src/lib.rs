@@ -16,6 +16,7 @@ pub mod binary;
 mod borrowed;
 pub mod classic;
 pub mod close;
+mod json_text;
 pub mod name;
 pub mod v1;
 

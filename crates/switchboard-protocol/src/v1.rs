@@ -27,6 +27,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::borrowed::Borrowed;
+use crate::json_text::push_json_str;
 
 /// The hub's protocol version string, sent in the welcome.
 pub const PROTOCOL_VERSION: &str = "1";
@@ -545,17 +546,16 @@ impl Reply {
     /// assert_eq!(frame, r#"{"type":"ack","id":"7\"","status":"live"}"#);
     /// ```
     pub fn ack_frame(id: &str, status: Option<AckStatus>) -> String {
-        let mut out = Vec::with_capacity(48 + id.len());
-        out.extend_from_slice(br#"{"type":"ack","id":"#);
-        // Writing a string to a Vec cannot fail, and serde_json writes UTF-8.
-        let _ = serde_json::to_writer(&mut out, id);
+        let mut out = String::with_capacity(48 + id.len());
+        out.push_str(r#"{"type":"ack","id":"#);
+        push_json_str(&mut out, id);
         if let Some(status) = status {
-            out.extend_from_slice(br#","status":""#);
-            out.extend_from_slice(status.as_str().as_bytes());
-            out.push(b'"');
+            out.push_str(r#","status":""#);
+            out.push_str(status.as_str());
+            out.push('"');
         }
-        out.push(b'}');
-        String::from_utf8(out).unwrap_or_default()
+        out.push('}');
+        out
     }
 
     /// A plain `ack` reply, without status.
@@ -701,20 +701,16 @@ impl Delivery<'_> {
     /// assert_eq!(dm.encode_frame(7, 3), frame(&dm.encode_tail(7), 3));
     /// ```
     pub fn encode_frame(&self, ts: u64, seq: u64) -> String {
-        if let Delivery::Dm { from, to, text } = *self {
-            if let Some(frame) = dm_frame(ts, seq, from, to, text) {
-                return frame;
-            }
+        match *self {
+            Delivery::Dm { from, to, text } => dm_frame(ts, seq, from, to, text),
+            _ => frame(&self.encode_tail(ts), seq),
         }
-        frame(&self.encode_tail(ts), seq)
     }
 
     /// Encodes everything after `seq`, ready for [`frame`]: shared by all recipients.
     pub fn encode_tail(&self, ts: u64) -> EncodedDelivery {
         if let Delivery::Dm { from, to, text } = *self {
-            if let Some(rest) = dm_tail(ts, from, to, text) {
-                return EncodedDelivery { head: head_for("dm"), rest };
-            }
+            return EncodedDelivery { head: head_for("dm"), rest: dm_tail(ts, from, to, text) };
         }
         let tail = match *self {
             Delivery::Dm { from, to, text } => Tail::Dm { ts, from, to, text },
@@ -733,37 +729,35 @@ impl Delivery<'_> {
 
 /// The tail of a `dm` (every DM has one): what `Tail::Dm` serialises to,
 /// with the field names written as they are instead of escaped by serde on
-/// every call (issue 6); the values are still escaped by serde_json. `None`
-/// never happens in practice (writing to a `Vec` does not fail); the caller
-/// then takes the general path.
-fn dm_tail(ts: u64, from: &str, to: &str, text: &str) -> Option<String> {
-    let mut rest = Vec::with_capacity(40 + from.len() + to.len() + text.len());
-    write_dm_tail(&mut rest, ts, from, to, text)?;
-    String::from_utf8(rest).ok()
+/// every call (issue 6), and the values as serde_json writes them
+/// ([`push_json_str`]).
+fn dm_tail(ts: u64, from: &str, to: &str, text: &str) -> String {
+    let mut rest = String::with_capacity(40 + from.len() + to.len() + text.len());
+    push_dm_tail(&mut rest, ts, from, to, text);
+    rest
 }
 
 /// A whole `dm` frame for one `seq`, in one buffer: [`frame`] of
 /// [`dm_tail`] without the tail's own allocation and copy.
-fn dm_frame(ts: u64, seq: u64, from: &str, to: &str, text: &str) -> Option<String> {
+fn dm_frame(ts: u64, seq: u64, from: &str, to: &str, text: &str) -> String {
     let head = head_for("dm");
-    let mut out = Vec::with_capacity(head.len() + 60 + from.len() + to.len() + text.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    write_dm_tail(&mut out, ts, from, to, text)?;
-    String::from_utf8(out).ok()
+    let mut out = String::with_capacity(head.len() + 60 + from.len() + to.len() + text.len());
+    out.push_str(head);
+    out.push_str(itoa::Buffer::new().format(seq));
+    push_dm_tail(&mut out, ts, from, to, text);
+    out
 }
 
-fn write_dm_tail(out: &mut Vec<u8>, ts: u64, from: &str, to: &str, text: &str) -> Option<()> {
-    out.extend_from_slice(b",\"ts\":");
-    serde_json::to_writer(&mut *out, &ts).ok()?;
-    out.extend_from_slice(b",\"from\":");
-    serde_json::to_writer(&mut *out, from).ok()?;
-    out.extend_from_slice(b",\"to\":");
-    serde_json::to_writer(&mut *out, to).ok()?;
-    out.extend_from_slice(b",\"text\":");
-    serde_json::to_writer(&mut *out, text).ok()?;
-    out.push(b'}');
-    Some(())
+fn push_dm_tail(out: &mut String, ts: u64, from: &str, to: &str, text: &str) {
+    out.push_str(",\"ts\":");
+    out.push_str(itoa::Buffer::new().format(ts));
+    out.push_str(",\"from\":");
+    push_json_str(out, from);
+    out.push_str(",\"to\":");
+    push_json_str(out, to);
+    out.push_str(",\"text\":");
+    push_json_str(out, text);
+    out.push('}');
 }
 
 fn head_for(kind: &'static str) -> &'static str {
@@ -991,7 +985,7 @@ mod tests {
                 let ts = 1_700_000_000_000 + n as u64;
                 let mut expected = serde_json::to_string(&Tail::Dm { ts, from, to, text }).unwrap();
                 expected.replace_range(0..1, ",");
-                assert_eq!(dm_tail(ts, from, to, text), Some(expected));
+                assert_eq!(dm_tail(ts, from, to, text), expected);
                 let delivery = Delivery::Dm { from, to, text };
                 assert_eq!(
                     delivery.encode_frame(ts, n as u64),
