@@ -709,11 +709,10 @@ impl Delivery<'_> {
 
     /// Encodes everything after `seq`, ready for [`frame`]: shared by all recipients.
     pub fn encode_tail(&self, ts: u64) -> EncodedDelivery {
-        if let Delivery::Dm { from, to, text } = *self {
-            return EncodedDelivery { head: head_for("dm"), rest: dm_tail(ts, from, to, text) };
-        }
         let tail = match *self {
-            Delivery::Dm { from, to, text } => Tail::Dm { ts, from, to, text },
+            Delivery::Dm { from, to, text } => {
+                return EncodedDelivery { head: head_for("dm"), rest: dm_tail(ts, from, to, text) }
+            }
             Delivery::Room { room, from, text, rseq } => Tail::Room { ts, room, rseq, from, text },
             Delivery::Server { text, broadcast } => Tail::Server { ts, text, broadcast },
             Delivery::Presence { room, name, event } => Tail::Presence { ts, room, name, event },
