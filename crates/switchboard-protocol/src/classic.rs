@@ -404,6 +404,71 @@ mod tests {
     }
 
     #[test]
+    fn the_one_pass_read_agrees_with_the_full_parse_on_random_frames() {
+        let keys =
+            [r#""dst""#, r#""msg""#, r#""src""#, r#""other""#, r#""d\u0073t""#, r#""m\u0073g""#];
+        let values = [
+            r#""plain text""#,
+            r#""""#,
+            r#""é名🎉""#,
+            r#""a \"q\"""#,
+            r#""\u00e9\n""#,
+            r#""\ud800""#,
+            "\"raw\u{1}control\"",
+            "null",
+            "true",
+            "42",
+            "-1.5e3",
+            "1e400",
+            r#"[1,"x",{"msg":"y"}]"#,
+            r#"{"dst":"z"}"#,
+            r#""unterminated"#,
+        ];
+        let spaces = ["", " ", "\n\t"];
+        let mut state = 0x5eed_u64;
+        let mut next = |n: usize| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        let (mut direct, mut plain) = (0, 0);
+        for _ in 0..20_000 {
+            let mut frame = String::from(spaces[next(3)]);
+            frame.push('{');
+            for pair in 0..next(5) {
+                if pair > 0 {
+                    frame.push(',');
+                }
+                frame.push_str(spaces[next(3)]);
+                frame.push_str(keys[next(keys.len())]);
+                frame.push_str(spaces[next(3)]);
+                frame.push(':');
+                frame.push_str(values[next(values.len())]);
+            }
+            frame.push('}');
+            match next(8) {
+                // Cut anywhere (on a character boundary), or add a tail.
+                0 => {
+                    let mut cut = next(frame.len() + 1);
+                    while !frame.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    frame.truncate(cut);
+                }
+                1 => frame.push_str(" junk"),
+                _ => {}
+            }
+            let one_pass = parse_direct(&frame);
+            assert_eq!(one_pass, parse_direct_full(&frame), "{frame}");
+            if let Some(dm) = one_pass {
+                direct += 1;
+                plain += usize::from(matches!(dm.msg, Cow::Borrowed(m) if !m.is_empty()));
+            }
+        }
+        // The generator reaches both outcomes, and the one-pass case.
+        assert!(direct > 500 && plain > 20, "{direct} DMs, {plain} borrowed");
+    }
+
+    #[test]
     fn the_text_of_a_dm_is_what_serde_json_decodes() {
         let values = ["plain", "", "ünïcødé 名前 🎉", "a\"b", "back\\slash", "nl\n\t", "\u{1f}"];
         for value in values {
