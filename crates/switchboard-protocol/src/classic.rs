@@ -60,13 +60,11 @@ struct PlainDirectShape<'a> {
 /// A DM's `msg` as the one-pass read sees it.
 #[derive(Default)]
 enum PlainMsg<'a> {
-    /// Absent or `null`: the empty text.
-    #[default]
-    Empty,
     /// A string without escapes: its text, borrowed from the frame.
     Plain(&'a str),
-    /// Anything else (an escaped string, a number, an object...): read
-    /// again, as the client's JSON text, by the full parse.
+    /// Anything else (absent, `null`, an escaped string, a number, an
+    /// object...): read again by the full parse, which knows each case.
+    #[default]
     Other,
 }
 
@@ -86,7 +84,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for PlainMsg<'a> {
                 Ok(PlainMsg::Other)
             }
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(PlainMsg::Empty)
+                Ok(PlainMsg::Other)
             }
             fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(PlainMsg::Other)
@@ -149,22 +147,16 @@ pub fn parse_direct(text: &str) -> Option<RawDirect<'_>> {
     }
     let PlainDirectShape { dst, msg } = serde_json::from_str(text).ok()?;
     let Borrowed(dst) = dst?;
-    match msg {
-        PlainMsg::Empty => {
-            return Some(RawDirect { dst, msg: Cow::Borrowed(""), msg_json: Cow::Borrowed("\"\"") })
+    // serde hands out a borrowed string only as a slice of `text`, between
+    // its quotes: the literal is that slice and its quotes.
+    if let PlainMsg::Plain(inner) = msg {
+        if let Some(literal) = enclosing_literal(text, inner) {
+            return Some(RawDirect {
+                dst,
+                msg: Cow::Borrowed(inner),
+                msg_json: Cow::Borrowed(literal),
+            });
         }
-        PlainMsg::Plain(inner) => {
-            // serde hands out a borrowed string only as a slice of `text`,
-            // between its quotes: the literal is that slice and its quotes.
-            if let Some(literal) = enclosing_literal(text, inner) {
-                return Some(RawDirect {
-                    dst,
-                    msg: Cow::Borrowed(inner),
-                    msg_json: Cow::Borrowed(literal),
-                });
-            }
-        }
-        PlainMsg::Other => {}
     }
     parse_direct_full(text)
 }

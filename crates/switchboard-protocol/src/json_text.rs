@@ -3,8 +3,9 @@
 //! The hot encoders (a classic DM's frame, a v1 DM's frame, an ack) build
 //! their frame in one `String`. A value that needs no escaping, which names
 //! and most texts are, is its own literal between quotes and is copied as
-//! it is; any other value is escaped by serde_json. Nothing here escapes by
-//! hand, and nothing is validated as UTF-8 again: the value is a `str`.
+//! it is, with no second UTF-8 check (it is a `str`); any other value is
+//! escaped by serde_json, straight into the frame. Nothing here escapes by
+//! hand.
 
 /// Appends `value` as a JSON string literal, exactly as serde_json writes it.
 pub(crate) fn push_json_str(out: &mut String, value: &str) {
@@ -20,11 +21,24 @@ pub(crate) fn push_json_str(out: &mut String, value: &str) {
         out.push('"');
         return;
     }
-    // serde's escaped output, appended to the frame.
-    match serde_json::to_string(value) {
-        Ok(literal) => out.push_str(&literal),
-        // Serialising a `&str` cannot fail.
-        Err(_) => out.push_str("\"\""),
+    // serde escapes straight into the frame, with no literal of its own
+    // allocated per message. Serialising a `&str` cannot fail.
+    let _ = serde_json::to_writer(Utf8Writer(out), value);
+}
+
+/// Lets serde write into a `String`: serde's formatter only ever writes
+/// whole UTF-8 sequences (the text's runs between escapes, and escapes).
+struct Utf8Writer<'a>(&'a mut String);
+
+impl std::io::Write for Utf8Writer<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
